@@ -1,0 +1,56 @@
+"""Small helpers shared by the tests that run real fits."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+from lightning.pytorch import Callback, Trainer, seed_everything
+
+from wd_lightning import LinearRegression, SyntheticRegressionDataModule
+
+REPO = Path(__file__).resolve().parents[1]
+CONFIGS = REPO / "configs"
+
+
+def quiet_trainer(**overrides: Any) -> Trainer:
+    """A Trainer with no logger, checkpoints or console output unless asked for."""
+    kwargs: dict[str, Any] = {
+        "max_epochs": 100,
+        "logger": False,
+        "enable_checkpointing": False,
+        "enable_progress_bar": False,
+        "enable_model_summary": False,
+        "accelerator": "cpu",
+        "devices": 1,
+    }
+    kwargs.update(overrides)
+    return Trainer(**kwargs)
+
+
+def fit_book(
+    weight_decay: float, seed: int = 0, data_seed: int = 0, **trainer_kwargs: Any
+) -> tuple[LinearRegression, SyntheticRegressionDataModule, Trainer]:
+    """The article's run in-process: seed, model, data and a quiet trainer."""
+    seed_everything(seed, verbose=False)
+    model = LinearRegression(weight_decay=weight_decay)
+    data = SyntheticRegressionDataModule(data_seed=data_seed)
+    trainer = quiet_trainer(**trainer_kwargs)
+    trainer.fit(model, data)
+    return model, data, trainer
+
+
+class WeightRecorder(Callback):
+    """Keeps a copy of every parameter after each optimizer step."""
+
+    def __init__(self) -> None:
+        self.snapshots: list[dict[str, torch.Tensor]] = []
+        self._seen_step = 0
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        if trainer.global_step != self._seen_step:
+            self._seen_step = trainer.global_step
+            self.snapshots.append(
+                {name: p.detach().clone() for name, p in pl_module.named_parameters()}
+            )

@@ -1,0 +1,186 @@
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from tests.fits import CONFIGS, REPO
+from wd_lightning import LinearRegression, SyntheticRegressionDataModule
+from wd_lightning.cli import WeightDecayCLI, condense_parser_error, main
+from wd_lightning.tensorboard import read_scalars
+
+QUIET = ["--trainer.enable_progress_bar", "false", "--trainer.enable_model_summary", "false"]
+
+
+def _parse(*args: str) -> WeightDecayCLI:
+    """Parse and instantiate without running, as ``fit`` would."""
+    return WeightDecayCLI(args=list(args), run=False)
+
+
+def test_no_arguments_is_the_articles_lambda_3_run():
+    cli = _parse()
+    assert isinstance(cli.model, LinearRegression) and cli.model.weight_decay == 3.0
+    assert isinstance(cli.datamodule, SyntheticRegressionDataModule)
+    assert (cli.datamodule.num_train, cli.datamodule.num_inputs) == (20, 200)
+    assert cli.trainer.max_epochs == 100
+    optimizer = cli.model.configure_optimizers()
+    assert isinstance(optimizer, torch.optim.SGD) and optimizer.defaults["lr"] == 0.003
+
+
+def test_num_inputs_is_linked_from_the_data():
+    cli = _parse("--data.num_inputs", "37")
+    assert cli.datamodule.num_inputs == 37
+    assert cli.model.model.weight.shape == (1, 37)
+
+
+def test_optimizer_is_chosen_in_the_config_and_the_groups_stay():
+    cli = _parse("--model.optimizer", "torch.optim.Adam", "--model.optimizer.lr", "0.01")
+    optimizer = cli.model.configure_optimizers()
+    assert isinstance(optimizer, torch.optim.Adam)
+    assert [(g["name"], g["weight_decay"]) for g in optimizer.param_groups] == [
+        ("decay", 3.0),
+        ("no_decay", 0.0),
+    ]
+
+
+def test_there_is_no_top_level_optimizer_that_would_replace_the_groups(capsys):
+    with pytest.raises(SystemExit) as exited:
+        main(["fit", "--optimizer", "torch.optim.Adam"])
+    assert exited.value.code == 2
+    assert "--optimizer" in capsys.readouterr().err
+
+
+def test_fit_with_no_arguments_writes_tensorboard_logs(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    main(["fit", "--trainer.max_epochs", "2", *QUIET])
+    run = tmp_path / "lightning_logs" / "version_0"
+    assert list(run.glob("events.out.tfevents.*"))
+    assert (run / "config.yaml").exists()
+    out = capsys.readouterr().out
+    assert "fit finished after 8 optimizer steps" in out and "weight_norm/decay" in out
+
+
+@pytest.mark.parametrize(("subcommand", "stage"), [("validate", "val"), ("test", "test")])
+def test_evaluation_subcommands_run(tmp_path, subcommand, stage):
+    cli = WeightDecayCLI(args=[subcommand, "--trainer.default_root_dir", str(tmp_path), *QUIET])
+    assert f"{stage}/loss" in cli.trainer.callback_metrics
+
+
+BAD_INPUTS = [
+    (["--model.weight_decay", "-1"], "--model.weight_decay=-1.0", "finite number >= 0"),
+    (["--model.weight_decay", "inf"], "--model.weight_decay", ""),
+    (["--model.weight_decay", "abc"], "--model.weight_decay", "float"),
+    (["--model.optimizer.lr", "0"], "--model.optimizer.lr=0.0", "finite number > 0"),
+    (["--model.optimizer.lr", "-0.1"], "--model.optimizer.lr=-0.1", "finite number > 0"),
+    (["--model.optimizer.weight_decay", "0.1"], "--model.optimizer.weight_decay", "module's"),
+    (["--model.penalty", "both"], "--model.penalty", "'optimizer', 'loss'"),
+    (["--data.batch_size", "0"], "--data.batch_size=0", "integer >= 1"),
+    (["--data.num_train", "0"], "--data.num_train=0", "integer >= 1"),
+    (["--data.num_val", "-5"], "--data.num_val=-5", "integer >= 1"),
+    (["--data.noise", "-0.5"], "--data.noise=-0.5", "finite number >= 0"),
+    (["--model.wd", "3"], "--model", "'wd' is not accepted"),
+    (["--data.batchsize", "3"], "--data", "'batchsize' is not accepted"),
+    (["--config", "missing.yaml"], "--config", "does not exist"),
+    (["--trainer.max_epoch", "3"], "", "--trainer.max_epoch"),
+]
+
+
+@pytest.mark.parametrize(("args", "option", "allowed"), BAD_INPUTS)
+def test_bad_input_gets_one_line_naming_the_option(
+    tmp_path, monkeypatch, capsys, args, option, allowed
+):
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(SystemExit) as exited:
+        main(["fit", *args])
+    assert exited.value.code == 2
+    err = capsys.readouterr().err
+    errors = [line for line in err.splitlines() if "error:" in line]
+    assert len(errors) == 1, err
+    assert option in errors[0] and allowed in errors[0], errors[0]
+    assert "Traceback" not in err
+    assert not (tmp_path / "lightning_logs").exists()
+
+
+def test_unknown_key_in_a_config_file(tmp_path, capsys):
+    config = tmp_path / "typo.yaml"
+    config.write_text("model:\n  init_args:\n    weight_decy: 3.0\n")
+    with pytest.raises(SystemExit) as exited:
+        main(["fit", "--config", str(config)])
+    assert exited.value.code == 2
+    assert "weight_decy" in capsys.readouterr().err
+
+
+def test_divergence_exits_with_a_message_naming_lr_and_lambda(tmp_path, capsys):
+    with pytest.raises(SystemExit) as exited:
+        main(
+            [
+                "fit",
+                "--model.weight_decay",
+                "1000",
+                "--trainer.default_root_dir",
+                str(tmp_path),
+                *QUIET,
+            ]
+        )
+    assert exited.value.code == 1
+    err = capsys.readouterr().err
+    assert "training diverged" in err and "learning rate 0.003" in err and "1000" in err
+
+
+def test_condense_keeps_plain_messages():
+    assert condense_parser_error("unrecognized arguments: --x 1") == "unrecognized arguments: --x 1"
+    assert condense_parser_error('Parser key "config": File does not exist: a.yaml') == (
+        "--config: File does not exist: a.yaml"
+    )
+
+
+@pytest.mark.slow
+def test_end_to_end_subprocess_writes_the_expected_scalars(tmp_path):
+    env = {**os.environ, "PYTHONPATH": str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    command = [sys.executable, "-m", "wd_lightning", "fit"]
+    command += [
+        "--config",
+        str(CONFIGS / "d2l_weight_decay.yaml"),
+        "--trainer.max_epochs",
+        "10",
+        *QUIET,
+    ]
+    result = subprocess.run(
+        command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300
+    )
+    assert result.returncode == 0, result.stderr
+    assert "fit finished after 40 optimizer steps" in result.stdout
+    scalars = read_scalars(tmp_path / "lightning_logs" / "version_0")
+    for tag in (
+        "train/loss",
+        "val/loss",
+        "val/mse",
+        "weight_norm/decay",
+        "weight_norm/no_decay",
+        "weight_norm/total",
+    ):
+        assert tag in scalars, tag
+    assert [step for step, _ in scalars["train/loss"]] == list(range(3, 40, 4))
+    assert scalars["weight_norm/decay"][-1][0] == 40
+    # λ = 3 shrinks ‖w‖ from ≈ 14 by about 0.991 per step: ≈ 0.7× after 40 steps.
+    first, last = scalars["weight_norm/decay"][0][1], scalars["weight_norm/decay"][-1][1]
+    assert first > 12 and 0.6 < last / first < 0.8
+    # val/mse is twice the ½-MSE val/loss.
+    for (_, loss), (_, mse) in zip(scalars["val/loss"], scalars["val/mse"], strict=True):
+        assert mse == pytest.approx(2 * loss, rel=1e-5)
+
+
+@pytest.mark.slow
+def test_console_script_is_the_same_program(tmp_path):
+    # Installed next to the interpreter (a virtual environment's bin/), or on PATH.
+    beside = Path(sys.executable).with_name("wd-lightning")
+    script = str(beside) if beside.exists() else shutil.which("wd-lightning")
+    assert script, "the package's console script is not installed"
+    result = subprocess.run(
+        [script, "fit", "--print_config"], capture_output=True, text=True, timeout=300
+    )
+    assert result.returncode == 0, result.stderr
+    assert "wd_lightning.LinearRegression" in result.stdout and "weight_decay: 3.0" in result.stdout

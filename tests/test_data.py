@@ -1,0 +1,99 @@
+import pytest
+import torch
+
+from wd_lightning import InvalidArgumentError, SyntheticRegressionDataModule
+from wd_lightning.data import EpochSeededSampler, make_linear_data
+
+
+def test_book_defaults_and_shapes():
+    data = SyntheticRegressionDataModule()
+    assert (data.num_train, data.num_val, data.num_inputs, data.batch_size) == (20, 100, 200, 5)
+    assert (data.w_true, data.b_true, data.noise) == (0.01, 0.05, 0.01)
+    data.setup("fit")
+    assert data.X_train.shape == (20, 200) and data.y_train.shape == (20, 1)
+    assert data.X_val.shape == (100, 200) and data.y_val.shape == (100, 1)
+
+
+def test_labels_follow_the_book_formula_up_to_noise():
+    data = SyntheticRegressionDataModule(noise=0.01)
+    data.setup()
+    clean = data.X_train.sum(1, keepdim=True) * 0.01 + 0.05
+    residual = data.y_train - clean
+    assert residual.abs().max() < 0.05  # 5σ
+    assert residual.std() > 0.001  # the noise is really there
+
+
+def test_noise_free_labels_are_exact():
+    X, y = make_linear_data(7, 3, 0.5, -1.0, 0.0, torch.Generator().manual_seed(1))
+    torch.testing.assert_close(y, X @ torch.full((3, 1), 0.5) - 1.0)
+
+
+def test_data_depend_on_data_seed_only_not_global_seed():
+    torch.manual_seed(1)
+    first = SyntheticRegressionDataModule(data_seed=7)
+    first.setup()
+    torch.manual_seed(2)
+    second = SyntheticRegressionDataModule(data_seed=7)
+    second.setup()
+    assert torch.equal(first.X_train, second.X_train)
+    assert torch.equal(first.y_val, second.y_val)
+    other = SyntheticRegressionDataModule(data_seed=8)
+    other.setup()
+    assert not torch.equal(first.X_train, other.X_train)
+
+
+def test_train_and_validation_sets_differ():
+    data = SyntheticRegressionDataModule()
+    data.setup()
+    assert not torch.equal(data.X_train, data.X_val[:20])
+
+
+def test_training_batches_cover_the_set_each_epoch_in_a_seeded_order():
+    data = SyntheticRegressionDataModule()
+    loader = data.train_dataloader()
+    epoch0 = torch.cat([x for x, _ in loader])
+    assert len(list(loader)) == 4
+    # The same rows, permuted.
+    assert sorted(epoch0[:, 0].tolist()) == sorted(data.X_train[:, 0].tolist())
+    loader.sampler.set_epoch(1)
+    epoch1 = torch.cat([x for x, _ in loader])
+    assert not torch.equal(epoch0, epoch1)
+    # A fresh loader at the same epoch (as after a resume) gives the same order.
+    again = SyntheticRegressionDataModule().train_dataloader()
+    again.sampler.set_epoch(1)
+    assert torch.equal(torch.cat([x for x, _ in again]), epoch1)
+
+
+def test_order_does_not_depend_on_global_rng():
+    sampler = EpochSeededSampler(10, seed=3)
+    torch.manual_seed(0)
+    first = list(sampler)
+    torch.manual_seed(123)
+    assert list(sampler) == first
+
+
+def test_validation_is_one_batch_by_default():
+    data = SyntheticRegressionDataModule()
+    batches = list(data.val_dataloader())
+    assert len(batches) == 1 and batches[0][0].shape == (100, 200)
+    assert len(list(SyntheticRegressionDataModule(val_batch_size=30).val_dataloader())) == 4
+
+
+@pytest.mark.parametrize(
+    ("argument", "value"),
+    [
+        ("num_train", 0),
+        ("num_val", 0),
+        ("num_inputs", -3),
+        ("batch_size", 0),
+        ("val_batch_size", 0),
+        ("noise", -0.1),
+        ("noise", float("nan")),
+        ("w_true", float("inf")),
+        ("data_seed", -1),
+        ("batch_size", 2.5),
+    ],
+)
+def test_bad_arguments_are_rejected_by_name(argument, value):
+    with pytest.raises(InvalidArgumentError, match=f"^{argument}="):
+        SyntheticRegressionDataModule(**{argument: value})

@@ -1,0 +1,171 @@
+"""The book's synthetic overfitting task as a LightningDataModule.
+
+``y = w_true · Σx + b_true + ε`` with ``x ~ N(0, I)`` in ``num_inputs`` dimensions
+and only ``num_train`` training examples: with the defaults (20 examples, 200
+inputs) a linear model can fit the training set exactly and still be far from
+the truth, which is what weight decay is meant to fix.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import torch
+from lightning.pytorch import LightningDataModule
+from torch import Tensor
+from torch.utils.data import DataLoader, Sampler, TensorDataset
+
+from wd_lightning.errors import check_finite, check_finite_non_negative, check_int_at_least
+
+__all__ = ["EpochSeededSampler", "SyntheticRegressionDataModule", "make_linear_data"]
+
+
+def make_linear_data(
+    num_examples: int,
+    num_inputs: int,
+    w_true: float,
+    b_true: float,
+    noise: float,
+    generator: torch.Generator,
+) -> tuple[Tensor, Tensor]:
+    """Draw ``(X, y)``: ``y = X @ (w_true·1) + b_true + noise·N(0, 1)``, of shape (n, 1).
+
+    Example:
+        >>> X, y = make_linear_data(4, 3, 0.01, 0.05, 0.0, torch.Generator().manual_seed(0))
+        >>> X.shape, y.shape
+        (torch.Size([4, 3]), torch.Size([4, 1]))
+        >>> torch.allclose(y, X.sum(1, keepdim=True) * 0.01 + 0.05)
+        True
+    """
+    X = torch.randn(num_examples, num_inputs, generator=generator)
+    w = torch.full((num_inputs, 1), float(w_true))
+    y = X @ w + b_true + noise * torch.randn(num_examples, 1, generator=generator)
+    return X, y
+
+
+class EpochSeededSampler(Sampler[int]):
+    """Shuffles ``range(num_examples)`` in an order fixed by ``(seed, epoch)`` alone.
+
+    A default shuffling DataLoader draws from the global RNG, so a run resumed
+    from a checkpoint sees a different order than the uninterrupted run. Here
+    the order is a pure function of the seed and the epoch, which Lightning sets
+    through :meth:`set_epoch` before every training epoch.
+
+    Example:
+        >>> sampler = EpochSeededSampler(5, seed=0)
+        >>> first = list(sampler); sampler.set_epoch(1); second = list(sampler)
+        >>> sorted(first) == sorted(second) == [0, 1, 2, 3, 4], first != second
+        (True, True)
+        >>> sampler.set_epoch(0); list(sampler) == first
+        True
+    """
+
+    def __init__(self, num_examples: int, seed: int) -> None:
+        self.num_examples = num_examples
+        self.seed = seed
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __iter__(self) -> Iterator[int]:
+        # Spread (seed, epoch) over the 64-bit seed space so distinct pairs never collide.
+        generator = torch.Generator().manual_seed((self.seed << 32) + self.epoch)
+        return iter(torch.randperm(self.num_examples, generator=generator).tolist())
+
+    def __len__(self) -> int:
+        return self.num_examples
+
+
+class SyntheticRegressionDataModule(LightningDataModule):
+    """The *Dive into Deep Learning* weight-decay task; defaults are the book's values.
+
+    The data are drawn from ``data_seed`` alone, not from the global seed, so
+    runs that differ only in λ or in the model's seed train on identical data in
+    an identical batch order.
+
+    Args:
+        num_train: training examples (the book: 20, fewer than inputs, so it overfits).
+        num_val: held-out examples used for validation and testing.
+        num_inputs: input dimension d.
+        batch_size: training minibatch size.
+        w_true: every coordinate of the true weight vector.
+        b_true: the true bias.
+        noise: standard deviation of the label noise ε.
+        data_seed: seed of the data and of the training shuffle order.
+        val_batch_size: validation batch size; ``None`` evaluates the held-out set in one batch.
+
+    Example:
+        >>> data = SyntheticRegressionDataModule()
+        >>> data.setup("fit")
+        >>> data.X_train.shape, data.y_train.shape, data.X_val.shape
+        (torch.Size([20, 200]), torch.Size([20, 1]), torch.Size([100, 200]))
+        >>> len(data.train_dataloader())
+        4
+    """
+
+    def __init__(
+        self,
+        num_train: int = 20,
+        num_val: int = 100,
+        num_inputs: int = 200,
+        batch_size: int = 5,
+        w_true: float = 0.01,
+        b_true: float = 0.05,
+        noise: float = 0.01,
+        data_seed: int = 0,
+        val_batch_size: int | None = None,
+    ) -> None:
+        super().__init__()
+        self.num_train = check_int_at_least("num_train", num_train, 1)
+        self.num_val = check_int_at_least("num_val", num_val, 1)
+        self.num_inputs = check_int_at_least("num_inputs", num_inputs, 1)
+        self.batch_size = check_int_at_least("batch_size", batch_size, 1)
+        if val_batch_size is not None:
+            check_int_at_least("val_batch_size", val_batch_size, 1)
+        self.val_batch_size = val_batch_size
+        self.w_true = check_finite("w_true", w_true)
+        self.b_true = check_finite("b_true", b_true)
+        self.noise = check_finite_non_negative("noise", noise)
+        self.data_seed = check_int_at_least("data_seed", data_seed, 0)
+        self.save_hyperparameters()
+        self.X_train: Tensor | None = None
+        self.y_train: Tensor | None = None
+        self.X_val: Tensor | None = None
+        self.y_val: Tensor | None = None
+
+    def setup(self, stage: str | None = None) -> None:
+        if self.X_train is not None:
+            return
+        generator = torch.Generator().manual_seed(self.data_seed)
+        X, y = make_linear_data(
+            self.num_train + self.num_val,
+            self.num_inputs,
+            self.w_true,
+            self.b_true,
+            self.noise,
+            generator,
+        )
+        self.X_train, self.X_val = X[: self.num_train], X[self.num_train :]
+        self.y_train, self.y_val = y[: self.num_train], y[self.num_train :]
+
+    def train_dataloader(self) -> DataLoader:
+        self.setup()
+        return DataLoader(
+            TensorDataset(self.X_train, self.y_train),
+            batch_size=self.batch_size,
+            sampler=EpochSeededSampler(self.num_train, self.data_seed),
+        )
+
+    def val_dataloader(self) -> DataLoader:
+        return self._held_out_dataloader()
+
+    def test_dataloader(self) -> DataLoader:
+        return self._held_out_dataloader()
+
+    def _held_out_dataloader(self) -> DataLoader:
+        self.setup()
+        return DataLoader(
+            TensorDataset(self.X_val, self.y_val),
+            batch_size=self.val_batch_size or self.num_val,
+        )

@@ -1,0 +1,68 @@
+"""Exceptions a user can cause, and the eager argument checks that raise them.
+
+The CLI prints these as ``error: <message>`` and exits non-zero without a
+traceback; the Python API raises them as ordinary exceptions.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+__all__ = [
+    "InvalidArgumentError",
+    "TrainingDivergedError",
+    "check_finite",
+    "check_finite_non_negative",
+    "check_int_at_least",
+]
+
+
+class InvalidArgumentError(ValueError):
+    """An argument value outside what is allowed.
+
+    Args:
+        argument: the constructor argument's name, e.g. ``"weight_decay"``.
+        value: the value that was given.
+        allowed: what would have been accepted, e.g. ``"a finite number >= 0"``.
+
+    Example:
+        >>> str(InvalidArgumentError("weight_decay", -1.0, "a finite number >= 0"))
+        'weight_decay=-1.0 is not allowed: expected a finite number >= 0'
+    """
+
+    def __init__(self, argument: str, value: Any, allowed: str) -> None:
+        self.argument = argument
+        self.value = value
+        self.allowed = allowed
+        super().__init__(f"{argument}={value!r} is not allowed: expected {allowed}")
+
+
+class TrainingDivergedError(RuntimeError):
+    """The training loss became NaN or infinite."""
+
+
+def _is_real(value: Any) -> bool:
+    # bool is an int subclass, but True as a learning rate is a mistake, not 1.0.
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def check_finite(argument: str, value: float) -> float:
+    """Return ``value`` as a float if it is a finite real number."""
+    if not _is_real(value) or not math.isfinite(value):
+        raise InvalidArgumentError(argument, value, "a finite number")
+    return float(value)
+
+
+def check_finite_non_negative(argument: str, value: float) -> float:
+    """Return ``value`` as a float if it is a finite number >= 0."""
+    if not _is_real(value) or not math.isfinite(value) or value < 0:
+        raise InvalidArgumentError(argument, value, "a finite number >= 0")
+    return float(value)
+
+
+def check_int_at_least(argument: str, value: int, minimum: int) -> int:
+    """Return ``value`` if it is an integer >= ``minimum``."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise InvalidArgumentError(argument, value, f"an integer >= {minimum}")
+    return value

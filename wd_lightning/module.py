@@ -1,0 +1,228 @@
+"""A LightningModule that trains any ``nn.Module`` with decay / no-decay parameter groups."""
+
+from __future__ import annotations
+
+import functools
+import inspect
+import math
+from typing import Any, Literal
+
+import torch
+from lightning.pytorch import LightningModule
+from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
+from lightning.pytorch.loggers import TensorBoardLogger
+from torch import Tensor, nn
+from torch.optim import Optimizer
+from torchmetrics import Metric, MetricCollection
+
+from wd_lightning.errors import (
+    InvalidArgumentError,
+    TrainingDivergedError,
+    check_finite_non_negative,
+)
+from wd_lightning.param_groups import param_groups
+
+__all__ = ["HalfMSELoss", "Penalty", "WeightDecayModule"]
+
+Penalty = Literal["optimizer", "loss"]
+
+
+class HalfMSELoss(nn.Module):
+    """½·(ŷ − y)² averaged over the batch: the article's loss, whose gradient has no stray 2."""
+
+    def forward(self, prediction: Tensor, target: Tensor) -> Tensor:
+        return 0.5 * torch.mean((prediction - target) ** 2)
+
+
+class WeightDecayModule(LightningModule):
+    """Trains ``model`` on ``(inputs, targets)`` batches with named weight-decay groups.
+
+    ``configure_optimizers`` hands the groups of :func:`wd_lightning.param_groups`
+    (``"decay"`` with λ = ``weight_decay``, ``"no_decay"`` with 0) to the
+    injected ``optimizer``, so a config can choose the optimizer while the groups
+    stay. Logged: ``train/loss`` and ``val/loss`` (the data term, without any
+    penalty) and ``val/<metric>`` for each entry of ``val_metrics``.
+
+    With ``penalty="optimizer"`` λ is passed as the optimizer's ``weight_decay``.
+    With ``penalty="loss"`` the groups get ``weight_decay=0`` and λ/2·‖w‖² of the
+    decay group is added to the training loss instead. For SGD, with or without
+    momentum, the two are the same update, w ← w − η(∇L + λw), and give the same
+    trajectory up to float rounding; for adaptive optimizers such as Adam they
+    are too, but AdamW's decoupled decay is a different rule.
+
+    Args:
+        model: any module mapping a batch's inputs to predictions.
+        weight_decay: λ, a finite number >= 0.
+        optimizer: called with the parameter groups; defaults to SGD with lr 0.003.
+            Set λ here through ``weight_decay``, never in the optimizer's own arguments.
+        lr_scheduler: optional, called with the optimizer.
+        penalty: ``"optimizer"`` or ``"loss"`` (see above).
+        loss: maps ``(predictions, targets)`` to a scalar; defaults to :class:`HalfMSELoss`.
+        val_metrics: torchmetrics logged as ``val/<name>`` on the validation set.
+
+    Example:
+        >>> from torch import nn
+        >>> module = WeightDecayModule(nn.Linear(4, 1), weight_decay=0.1)
+        >>> optimizer = module.configure_optimizers()
+        >>> [(g["name"], g["weight_decay"], g["lr"]) for g in optimizer.param_groups]
+        [('decay', 0.1, 0.003), ('no_decay', 0.0, 0.003)]
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        weight_decay: float = 0.0,
+        # A lambda with literal arguments: LightningCLI shows and edits it as
+        # class_path torch.optim.SGD with init_args {lr: 0.003, ...}.
+        optimizer: OptimizerCallable = lambda params: torch.optim.SGD(params, lr=0.003),
+        lr_scheduler: LRSchedulerCallable | None = None,
+        penalty: Penalty = "optimizer",
+        loss: nn.Module | None = None,
+        val_metrics: dict[str, Metric] | None = None,
+    ) -> None:
+        super().__init__()
+        self.weight_decay = check_finite_non_negative("weight_decay", weight_decay)
+        if penalty not in ("optimizer", "loss"):
+            raise InvalidArgumentError("penalty", penalty, "'optimizer' or 'loss'")
+        self.penalty = penalty
+        # The model, loss and factories are objects, not hyper-parameters: a checkpoint
+        # of a subclass that builds its own model (LinearRegression) reloads from the rest.
+        self.save_hyperparameters(
+            ignore=["model", "optimizer", "lr_scheduler", "loss", "val_metrics"]
+        )
+        self.model = model
+        self.loss = loss if loss is not None else HalfMSELoss()
+        self.val_metrics = MetricCollection(dict(val_metrics or {}), prefix="val/")
+        self.optimizer_factory = optimizer
+        self.lr_scheduler_factory = lr_scheduler
+        self._penalty_groups: list[tuple[float, list[nn.Parameter]]] = []
+        # Build the optimizer once now so that a bad optimizer or learning rate is
+        # reported at construction, before a trainer creates any run directory.
+        self._build_optimizer()
+
+    def forward(self, inputs: Tensor) -> Tensor:
+        return self.model(inputs)
+
+    # ----------------------------------------------------------------- optimizer
+    def _build_optimizer(self) -> Optimizer:
+        groups = param_groups(self.model, self.weight_decay)
+        if not any(group["params"] for group in groups):
+            raise InvalidArgumentError(
+                "model", type(self.model).__name__, "a model with at least one trainable parameter"
+            )
+        if self.penalty == "loss":
+            # The loss carries λ; the optimizer must not apply it a second time.
+            self._penalty_groups = [(g["weight_decay"], g["params"]) for g in groups]
+            groups = [{**group, "weight_decay": 0.0} for group in groups]
+        # A factory from a config is a partial: check its lr before torch words it its own way.
+        _check_lr(getattr(self.optimizer_factory, "keywords", {}).get("lr"))
+        try:
+            optimizer = self.optimizer_factory(groups)
+        except (ValueError, TypeError) as error:
+            raise InvalidArgumentError(
+                "optimizer", _factory_name(self.optimizer_factory), f"valid arguments ({error})"
+            ) from None
+        _check_optimizer(optimizer, needs_weight_decay=self.penalty == "optimizer")
+        return optimizer
+
+    def configure_optimizers(self) -> Any:
+        optimizer = self._build_optimizer()
+        if self.lr_scheduler_factory is None:
+            return optimizer
+        return {"optimizer": optimizer, "lr_scheduler": self.lr_scheduler_factory(optimizer)}
+
+    def penalty_term(self) -> Tensor:
+        """Σ over groups of λ_g/2·‖w_g‖²: what ``penalty="loss"`` adds to the training loss."""
+        total = torch.zeros((), device=self.device)
+        for weight_decay, params in self._penalty_groups:
+            if weight_decay and params:
+                # Sum of squares, not norm(...)**2: the norm's gradient is NaN at w = 0.
+                squares = torch.stack([p.square().sum() for p in params]).sum()
+                total = total + 0.5 * weight_decay * squares
+        return total
+
+    # ------------------------------------------------------------------ steps
+    def training_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor:
+        inputs, targets = batch
+        data_loss = self.loss(self(inputs), targets)
+        if not torch.isfinite(data_loss):
+            self._raise_diverged(data_loss)
+        self.log("train/loss", data_loss, batch_size=len(inputs))
+        if self.penalty == "loss":
+            return data_loss + self.penalty_term()
+        return data_loss
+
+    def validation_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:
+        self._evaluate(batch, "val")
+
+    def test_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:
+        self._evaluate(batch, "test")
+
+    def _evaluate(self, batch: tuple[Tensor, Tensor], stage: str) -> None:
+        inputs, targets = batch
+        predictions = self(inputs)
+        self.log(f"{stage}/loss", self.loss(predictions, targets), batch_size=len(inputs))
+        if stage == "val" and self.val_metrics:
+            self.val_metrics.update(predictions, targets)
+            self.log_dict(self.val_metrics)
+
+    def _raise_diverged(self, loss: Tensor) -> None:
+        lr = self.trainer.optimizers[0].param_groups[0]["lr"] if self._trainer else float("nan")
+        raise TrainingDivergedError(
+            f"training diverged at step {self.global_step}: the training loss is {loss.item()} "
+            f"with learning rate {lr} and weight_decay {self.weight_decay} "
+            f"(lr·weight_decay = {lr * self.weight_decay:.3g}; SGD diverges once it nears 2); "
+            "lower the learning rate or weight_decay"
+        )
+
+    # ------------------------------------------------------------- TensorBoard
+    def on_fit_start(self) -> None:
+        for logger in self.loggers:
+            if isinstance(logger, TensorBoardLogger):
+                logger.experiment.add_custom_scalars(CUSTOM_SCALARS_LAYOUT)
+
+
+# Custom-scalars charts (tags are regular expressions): TensorBoard draws every
+# tag on a chart of its own unless a layout overlays them.
+CUSTOM_SCALARS_LAYOUT = {
+    "weight decay": {
+        "loss: train vs validation": ["Multiline", ["train/loss", "val/loss"]],
+        "weight norm per group": ["Multiline", [r"weight_norm/.*"]],
+    }
+}
+
+
+def _factory_name(factory: Any) -> str:
+    # A config's optimizer arrives as a partial with the class as its last positional argument.
+    target = (
+        factory.args[-1] if isinstance(factory, functools.partial) and factory.args else factory
+    )
+    return getattr(target, "__name__", repr(target))
+
+
+def _check_lr(lr: Any) -> None:
+    if isinstance(lr, Tensor):
+        lr = lr.item()
+    if lr is not None and not (isinstance(lr, (int, float)) and math.isfinite(lr) and lr > 0):
+        raise InvalidArgumentError("optimizer.lr", lr, "a finite number > 0")
+
+
+def _check_optimizer(optimizer: Optimizer, needs_weight_decay: bool) -> None:
+    """Reject optimizers that would silently ignore or override the groups' λ, or a bad lr."""
+    name = type(optimizer).__name__
+    if needs_weight_decay and "weight_decay" not in optimizer.defaults:
+        raise InvalidArgumentError(
+            "optimizer", name, "an optimizer that takes weight_decay, or penalty='loss'"
+        )
+    if "weight_decay" in optimizer.defaults:
+        declared = inspect.signature(type(optimizer)).parameters.get("weight_decay")
+        given = optimizer.defaults["weight_decay"]
+        if declared is not None and given != declared.default:
+            raise InvalidArgumentError(
+                "optimizer.weight_decay",
+                given,
+                f"{declared.default} (its default): set λ with the module's weight_decay, "
+                "because the parameter groups override the optimizer's own value",
+            )
+    for group in optimizer.param_groups:
+        _check_lr(group.get("lr"))
