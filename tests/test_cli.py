@@ -184,3 +184,22 @@ def test_console_script_is_the_same_program(tmp_path):
     )
     assert result.returncode == 0, result.stderr
     assert "wd_lightning.LinearRegression" in result.stdout and "weight_decay: 3.0" in result.stdout
+
+
+def test_any_model_through_the_cli(tmp_path):
+    config = tmp_path / "generic.yaml"
+    config.write_text(
+        "model:\n"
+        "  class_path: wd_lightning.WeightDecayModule\n"
+        "  init_args:\n"
+        "    weight_decay: 0.1\n"
+        "    model:\n"
+        "      class_path: torch.nn.Linear\n"
+        "      init_args: {in_features: 200, out_features: 1}\n"
+    )
+    args = ["fit", "--config", str(config), "--trainer.max_epochs", "2"]
+    cli = WeightDecayCLI(args=[*args, "--trainer.default_root_dir", str(tmp_path), *QUIET])
+    assert type(cli.model.model) is torch.nn.Linear
+    assert cli.trainer.global_step == 8
+    groups = cli.trainer.optimizers[0].param_groups
+    assert [(g["name"], g["weight_decay"]) for g in groups] == [("decay", 0.1), ("no_decay", 0.0)]

@@ -10,6 +10,7 @@ from lightning.pytorch.utilities import rank_zero_only
 from torch import Tensor
 from torch.optim import Optimizer
 
+from wd_lightning.cadence import logged_step, logs_this_step
 from wd_lightning.errors import check_int_at_least
 from wd_lightning.norms import group_norm
 
@@ -45,18 +46,11 @@ class WeightNormMonitor(Callback):
             check_int_at_least("logging_interval", logging_interval, 1)
         self.logging_interval = logging_interval
 
-    def _should_log(self, trainer: Trainer) -> bool:
-        # Lightning's own train-step logging uses this counter before it is
-        # incremented for the current step; following it aligns our points.
-        step = trainer.fit_loop.epoch_loop._batches_that_stepped
-        interval = self.logging_interval or trainer.log_every_n_steps
-        return interval > 0 and (step + 1) % interval == 0
-
     def on_before_optimizer_step(
         self, trainer: Trainer, pl_module: LightningModule, optimizer: Optimizer
     ) -> None:
-        if trainer.loggers and self._should_log(trainer):
-            self._log(trainer, optimizer, step=trainer.fit_loop.epoch_loop._batches_that_stepped)
+        if trainer.loggers and logs_this_step(trainer, self.logging_interval):
+            self._log(trainer, optimizer, step=logged_step(trainer))
 
     def on_train_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
         if trainer.loggers and trainer.optimizers:

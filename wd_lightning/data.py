@@ -13,11 +13,17 @@ from collections.abc import Iterator
 import torch
 from lightning.pytorch import LightningDataModule
 from torch import Tensor
-from torch.utils.data import DataLoader, Sampler, TensorDataset
+from torch.utils.data import DataLoader, Dataset, Sampler
 
 from wd_lightning.errors import check_finite, check_finite_non_negative, check_int_at_least
 
-__all__ = ["EpochSeededSampler", "SyntheticRegressionDataModule", "make_linear_data"]
+__all__ = [
+    "EpochSeededSampler",
+    "SyntheticRegressionDataModule",
+    "TensorPairDataset",
+    "already_batched",
+    "make_linear_data",
+]
 
 
 def make_linear_data(
@@ -41,6 +47,42 @@ def make_linear_data(
     w = torch.full((num_inputs, 1), float(w_true))
     y = X @ w + b_true + noise * torch.randn(num_examples, 1, generator=generator)
     return X, y
+
+
+class TensorPairDataset(Dataset):
+    """``(inputs, targets)`` rows of two tensors, fetched a whole batch at a time.
+
+    A ``TensorDataset`` returns rows one by one and the DataLoader stacks them
+    again; here the DataLoader's ``__getitems__`` hook indexes each tensor once
+    per batch, which is most of the data-loading cost for small models.
+
+    Example:
+        >>> data = TensorPairDataset(torch.arange(6.0).reshape(3, 2), torch.arange(3.0))
+        >>> loader = DataLoader(data, batch_size=2, collate_fn=already_batched)
+        >>> [targets.tolist() for _, targets in loader]
+        [[0.0, 1.0], [2.0]]
+    """
+
+    def __init__(self, inputs: Tensor, targets: Tensor) -> None:
+        if len(inputs) != len(targets):
+            raise ValueError(f"{len(inputs)} inputs but {len(targets)} targets")
+        self.inputs = inputs
+        self.targets = targets
+
+    def __len__(self) -> int:
+        return len(self.inputs)
+
+    def __getitem__(self, index: int) -> tuple[Tensor, Tensor]:
+        return self.inputs[index], self.targets[index]
+
+    def __getitems__(self, indices: list[int]) -> tuple[Tensor, Tensor]:
+        rows = torch.as_tensor(indices)
+        return self.inputs[rows], self.targets[rows]
+
+
+def already_batched(batch: tuple[Tensor, Tensor]) -> tuple[Tensor, Tensor]:
+    """The collate function for :class:`TensorPairDataset`: its batches need no stacking."""
+    return batch
 
 
 class EpochSeededSampler(Sampler[int]):
@@ -152,9 +194,10 @@ class SyntheticRegressionDataModule(LightningDataModule):
     def train_dataloader(self) -> DataLoader:
         self.setup()
         return DataLoader(
-            TensorDataset(self.X_train, self.y_train),
+            TensorPairDataset(self.X_train, self.y_train),
             batch_size=self.batch_size,
             sampler=EpochSeededSampler(self.num_train, self.data_seed),
+            collate_fn=already_batched,
         )
 
     def val_dataloader(self) -> DataLoader:
@@ -166,6 +209,7 @@ class SyntheticRegressionDataModule(LightningDataModule):
     def _held_out_dataloader(self) -> DataLoader:
         self.setup()
         return DataLoader(
-            TensorDataset(self.X_val, self.y_val),
+            TensorPairDataset(self.X_val, self.y_val),
             batch_size=self.val_batch_size or self.num_val,
+            collate_fn=already_batched,
         )

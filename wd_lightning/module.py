@@ -15,6 +15,7 @@ from torch import Tensor, nn
 from torch.optim import Optimizer
 from torchmetrics import Metric, MetricCollection
 
+from wd_lightning.cadence import logs_this_step
 from wd_lightning.errors import (
     InvalidArgumentError,
     TrainingDivergedError,
@@ -147,7 +148,10 @@ class WeightDecayModule(LightningModule):
         data_loss = self.loss(self(inputs), targets)
         if not torch.isfinite(data_loss):
             self._raise_diverged(data_loss)
-        self.log("train/loss", data_loss, batch_size=len(inputs))
+        # self.log is costly next to a tiny model's step: call it only when Lightning
+        # will write the value (the same rule it applies itself), not on every step.
+        if self._trainer is None or logs_this_step(self.trainer):
+            self.log("train/loss", data_loss, batch_size=len(inputs))
         if self.penalty == "loss":
             return data_loss + self.penalty_term()
         return data_loss

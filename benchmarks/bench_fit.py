@@ -1,0 +1,147 @@
+"""How much the Lightning packaging costs on the article's run, as ratios to plain PyTorch.
+
+Two comparisons, each against a baseline measured in the same invocation:
+
+* in-process: ``Trainer.fit`` of the λ = 3 run exactly as ``python -m wd_lightning fit``
+  builds it (TensorBoard logger, weight-norm monitor, validation metrics,
+  checkpointing), against :mod:`plain_book_run` doing the same 400 steps and
+  100 validation passes in a plain loop; both warm, medians of ``--repeats``.
+* whole process: ``python -m wd_lightning fit`` against ``python plain_book_run.py``,
+  fresh processes, interleaved, medians of ``--processes``.
+
+Usage: ``python benchmarks/bench_fit.py [--repeats 7] [--processes 5]``; prints a
+Markdown table for BENCHMARKS.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import io
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+
+HERE = Path(__file__).resolve().parent
+REPO = HERE.parent
+sys.path.insert(0, str(HERE))
+sys.path.insert(0, str(REPO))
+
+import plain_book_run  # noqa: E402
+
+from wd_lightning.cli import WeightDecayCLI  # noqa: E402
+
+CONFIG = str(REPO / "configs" / "d2l_weight_decay.yaml")
+
+
+def lightning_fit(root: str, progress_bar: bool) -> Callable[[], None]:
+    """Build the CLI's run without starting it; return the fit call to time."""
+    args = ["--config", CONFIG, "--trainer.default_root_dir", root]
+    args += ["--trainer.enable_progress_bar", str(progress_bar).lower()]
+    with contextlib.redirect_stderr(io.StringIO()):
+        cli = WeightDecayCLI(args=args, run=False)
+
+    def fit() -> None:
+        # The progress bar's output is discarded, not its cost.
+        with contextlib.redirect_stderr(io.StringIO()), contextlib.redirect_stdout(io.StringIO()):
+            cli.trainer.fit(cli.model, cli.datamodule)
+
+    return fit
+
+
+def time_call(make: Callable[[], Callable[[], None]]) -> float:
+    call = make()
+    start = time.perf_counter()
+    call()
+    return time.perf_counter() - start
+
+
+def in_process(repeats: int) -> dict[str, float]:
+    with tempfile.TemporaryDirectory() as root:
+        cases: dict[str, Callable[[], Callable[[], None]]] = {
+            "plain loop": lambda: lambda: plain_book_run.run(),
+            "plain loop + TensorBoard": lambda: lambda: plain_book_run.run(
+                log_dir=tempfile.mkdtemp(dir=root)
+            ),
+            "wd_lightning fit, CLI defaults": lambda: lightning_fit(root, progress_bar=True),
+            "wd_lightning fit, no progress bar": lambda: lightning_fit(root, progress_bar=False),
+        }
+        for make in cases.values():  # warm-up: imports, first kernels, lazy inits
+            time_call(make)
+        samples: dict[str, list[float]] = {name: [] for name in cases}
+        for _ in range(repeats):  # interleaved, so drift affects every case alike
+            for name, make in cases.items():
+                samples[name].append(time_call(make))
+    return {name: statistics.median(values) for name, values in samples.items()}
+
+
+def whole_process(processes: int) -> dict[str, float]:
+    env = {**os.environ, "PYTHONPATH": str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    commands = {
+        "python plain_book_run.py --tensorboard": [
+            sys.executable,
+            str(HERE / "plain_book_run.py"),
+            "--tensorboard",
+        ],
+        "python -m wd_lightning fit": [
+            sys.executable,
+            "-m",
+            "wd_lightning",
+            "fit",
+            "--config",
+            CONFIG,
+        ],
+    }
+    samples: dict[str, list[float]] = {name: [] for name in commands}
+    for _ in range(processes):
+        for name, command in commands.items():
+            with tempfile.TemporaryDirectory() as cwd:
+                start = time.perf_counter()
+                subprocess.run(command, cwd=cwd, env=env, check=True, capture_output=True)
+                samples[name].append(time.perf_counter() - start)
+    return {name: statistics.median(values) for name, values in samples.items()}
+
+
+def machine() -> str:
+    cpu = platform.processor() or platform.machine()
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    return (
+        f"{cpu}, {os.cpu_count()} cores, Python {platform.python_version()}, "
+        f"torch {torch.__version__}, torch threads {torch.get_num_threads()}"
+    )
+
+
+def table(title: str, results: dict[str, float], baseline: str, goal: float) -> str:
+    lines = [f"**{title}** (baseline: {baseline}; goal ≤ {goal}×)", ""]
+    lines += ["| run | median time | ratio |", "|---|---|---|"]
+    for name, seconds in results.items():
+        lines.append(f"| {name} | {seconds * 1000:.0f} ms | {seconds / results[baseline]:.2f}× |")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--repeats", type=int, default=7)
+    parser.add_argument("--processes", type=int, default=5)
+    args = parser.parse_args()
+    print(f"Machine: {machine()}\n")
+    print(table("In-process fit, warm", in_process(args.repeats), "plain loop", 3.0))
+    print()
+    processes = whole_process(args.processes)
+    print(table("Whole process", processes, "python plain_book_run.py --tensorboard", 1.6))
+
+
+if __name__ == "__main__":
+    main()

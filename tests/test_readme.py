@@ -1,0 +1,29 @@
+"""The README's Python examples run, and print what the README says they print."""
+
+import contextlib
+import io
+import re
+
+import pytest
+
+from tests.fits import REPO
+
+README = (REPO / "README.md").read_text()
+PYTHON_BLOCKS = re.findall(r"```python\n(.*?)```", README, flags=re.DOTALL)
+
+
+def test_readme_has_python_examples():
+    assert PYTHON_BLOCKS
+
+
+@pytest.mark.parametrize("block", PYTHON_BLOCKS, ids=lambda b: b.splitlines()[0][:40])
+def test_python_example_runs_and_prints_what_it_shows(block, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    output = io.StringIO()
+    with contextlib.redirect_stdout(output):
+        exec(compile(block, "README.md", "exec"), {"__name__": "readme_example"})
+    # A line "# <text>" right after a print(...) line is the output it shows.
+    shown = re.findall(r"^print\(.*\)\n# (.*)$", block, flags=re.MULTILINE)
+    printed = output.getvalue().splitlines()
+    for expected in shown:
+        assert expected in printed, f"README shows {expected!r}, the code prints {printed!r}"
