@@ -53,3 +53,13 @@ def test_weight_decay_shrinks_w_and_the_held_out_loss(seed, tmp_path):
     weight_norm, held_out = _fit("d2l_weight_decay.yaml", seed, tmp_path)
     assert 0.33 <= weight_norm <= 0.42
     assert held_out < 0.3
+
+
+@pytest.mark.slow
+def test_mlp_classifier_example_learns(tmp_path):
+    args = ["fit", "--config", str(CONFIGS / "mlp_classifier.yaml"), "--trainer.max_epochs", "5"]
+    cli = WeightDecayCLI(args=[*args, "--trainer.default_root_dir", str(tmp_path), *QUIET])
+    groups = cli.trainer.optimizers[0].param_groups
+    assert isinstance(cli.trainer.optimizers[0], torch.optim.AdamW)
+    assert groups[0]["param_names"] == ["layers.0.weight", "layers.3.weight", "layers.6.weight"]
+    assert cli.trainer.callback_metrics["val/accuracy"] > 0.6  # chance is 1/3

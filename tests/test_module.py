@@ -177,3 +177,48 @@ def test_divergence_stops_with_lr_and_lambda_in_the_message():
     with pytest.raises(TrainingDivergedError, match=r"learning rate 0\.003 and weight_decay 1000"):
         trainer.fit(module, SyntheticRegressionDataModule())
     assert trainer.global_step < 400
+
+
+def test_fit_start_reports_the_groups_on_console_and_in_tensorboard(tmp_path, caplog):
+    from lightning.pytorch.loggers import TensorBoardLogger
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    from wd_lightning.testing.model_zoo import mlp_with_batchnorm
+
+    class Shaped(SyntheticRegressionDataModule):
+        def setup(self, stage=None):
+            super().setup(stage)
+            self.y_train = self.y_train.expand(-1, 3).contiguous()
+            self.y_val = self.y_val.expand(-1, 3).contiguous()
+
+    module = WeightDecayModule(mlp_with_batchnorm(inputs=200), weight_decay=0.2)
+    logger = TensorBoardLogger(tmp_path, name="run", version=0)
+    with caplog.at_level("INFO"):
+        quiet_trainer(max_epochs=1, logger=logger).fit(module, Shaped())
+    assert "Parameter groups:" in caplog.text
+    assert "no_decay  4" in caplog.text  # two biases and the BatchNorm weight and bias
+    events = EventAccumulator(logger.log_dir)
+    events.Reload()
+    text = events.Tensors("param_groups/text_summary")[0].tensor_proto.string_val[0].decode()
+    assert "| `1.weight` | [16] | no_decay | norm layer (BatchNorm1d) |" in text
+
+
+def test_decay_rules_reach_the_optimizer():
+    from wd_lightning import DecayRules
+
+    module = WeightDecayModule(
+        nn.Sequential(nn.Linear(3, 3), nn.LayerNorm(3)),
+        weight_decay=0.1,
+        decay_rules=DecayRules(decay_norm=True, no_decay=("0.weight",)),
+    )
+    groups = module.configure_optimizers().param_groups
+    assert groups[0]["param_names"] == ["1.weight", "1.bias"]
+    assert groups[1]["param_names"] == ["0.weight", "0.bias"]
+
+
+def test_a_pattern_matching_nothing_is_reported_under_decay_rules():
+    from wd_lightning import DecayRules
+
+    with pytest.raises(InvalidArgumentError) as raised:
+        WeightDecayModule(nn.Linear(2, 1), decay_rules=DecayRules(no_decay=("head.*",)))
+    assert raised.value.argument == "decay_rules.no_decay"

@@ -27,3 +27,17 @@ def test_python_example_runs_and_prints_what_it_shows(block, tmp_path, monkeypat
     printed = output.getvalue().splitlines()
     for expected in shown:
         assert expected in printed, f"README shows {expected!r}, the code prints {printed!r}"
+
+
+def test_grouping_comparison_table_is_current():
+    import runpy
+
+    script = runpy.run_path(str(REPO / "examples" / "compare_grouping_rules.py"))
+    assert script["comparison_table"]() in README
+
+
+def test_explain_output_in_readme_is_current():
+    from wd_lightning import explain_param_groups
+    from wd_lightning.testing.model_zoo import WrappedViT
+
+    assert str(explain_param_groups(WrappedViT(), 0.05)) in README

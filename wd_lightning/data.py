@@ -19,6 +19,7 @@ from wd_lightning.errors import check_finite, check_finite_non_negative, check_i
 
 __all__ = [
     "EpochSeededSampler",
+    "SyntheticClassificationDataModule",
     "SyntheticRegressionDataModule",
     "TensorPairDataset",
     "already_batched",
@@ -213,3 +214,84 @@ class SyntheticRegressionDataModule(LightningDataModule):
             batch_size=self.val_batch_size or self.num_val,
             collate_fn=already_batched,
         )
+
+
+class SyntheticClassificationDataModule(LightningDataModule):
+    """A small multi-class task for other models than the book's: labels from a linear teacher.
+
+    ``label = argmax(x @ W + noise · N(0, 1))`` with ``x ~ N(0, I)``; ``W`` and
+    the data come from ``data_seed`` alone. Batches are ``(inputs, labels)``
+    with integer labels, as ``nn.CrossEntropyLoss`` expects.
+
+    Args:
+        num_train: training examples.
+        num_val: held-out examples.
+        num_inputs: input features.
+        num_classes: classes, at least 2.
+        batch_size: training minibatch size.
+        noise: standard deviation of the noise added to the teacher's logits.
+        data_seed: seed of the data, the teacher and the shuffle order.
+
+    Example:
+        >>> data = SyntheticClassificationDataModule(num_train=8, num_val=4, num_inputs=3)
+        >>> data.setup()
+        >>> data.X_train.shape, data.y_train.dtype, int(data.y_train.max()) < 3
+        (torch.Size([8, 3]), torch.int64, True)
+    """
+
+    def __init__(
+        self,
+        num_train: int = 512,
+        num_val: int = 512,
+        num_inputs: int = 20,
+        num_classes: int = 3,
+        batch_size: int = 64,
+        noise: float = 0.5,
+        data_seed: int = 0,
+    ) -> None:
+        super().__init__()
+        self.num_train = check_int_at_least("num_train", num_train, 1)
+        self.num_val = check_int_at_least("num_val", num_val, 1)
+        self.num_inputs = check_int_at_least("num_inputs", num_inputs, 1)
+        self.num_classes = check_int_at_least("num_classes", num_classes, 2)
+        self.batch_size = check_int_at_least("batch_size", batch_size, 1)
+        self.noise = check_finite_non_negative("noise", noise)
+        self.data_seed = check_int_at_least("data_seed", data_seed, 0)
+        self.save_hyperparameters()
+        self.X_train: Tensor | None = None
+        self.y_train: Tensor | None = None
+        self.X_val: Tensor | None = None
+        self.y_val: Tensor | None = None
+
+    def setup(self, stage: str | None = None) -> None:
+        if self.X_train is not None:
+            return
+        generator = torch.Generator().manual_seed(self.data_seed)
+        teacher = torch.randn(self.num_inputs, self.num_classes, generator=generator)
+        X = torch.randn(self.num_train + self.num_val, self.num_inputs, generator=generator)
+        logits = X @ teacher + self.noise * torch.randn(
+            len(X), self.num_classes, generator=generator
+        )
+        y = logits.argmax(dim=1)
+        self.X_train, self.X_val = X[: self.num_train], X[self.num_train :]
+        self.y_train, self.y_val = y[: self.num_train], y[self.num_train :]
+
+    def train_dataloader(self) -> DataLoader:
+        self.setup()
+        return DataLoader(
+            TensorPairDataset(self.X_train, self.y_train),
+            batch_size=self.batch_size,
+            sampler=EpochSeededSampler(self.num_train, self.data_seed),
+            collate_fn=already_batched,
+        )
+
+    def val_dataloader(self) -> DataLoader:
+        self.setup()
+        return DataLoader(
+            TensorPairDataset(self.X_val, self.y_val),
+            batch_size=self.num_val,
+            collate_fn=already_batched,
+        )
+
+    def test_dataloader(self) -> DataLoader:
+        return self.val_dataloader()

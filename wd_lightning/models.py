@@ -2,15 +2,23 @@
 
 from __future__ import annotations
 
+from typing import Literal
+
 import torch
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
-from torch import nn
+from torch import Tensor, nn
 from torchmetrics import MeanSquaredError
 
-from wd_lightning.errors import check_finite, check_finite_non_negative, check_int_at_least
+from wd_lightning.errors import (
+    InvalidArgumentError,
+    check_finite,
+    check_finite_non_negative,
+    check_int_at_least,
+)
 from wd_lightning.module import HalfMSELoss, Penalty, WeightDecayModule
+from wd_lightning.param_groups import DecayRules
 
-__all__ = ["LinearRegression"]
+__all__ = ["MLP", "LinearRegression"]
 
 
 class LinearRegression(WeightDecayModule):
@@ -29,6 +37,7 @@ class LinearRegression(WeightDecayModule):
         penalty: ``"optimizer"`` (SGD's ``weight_decay``) or ``"loss"`` (λ/2·‖w‖² in the loss).
         init_std: standard deviation of the initial weights (the article: 1).
         bias_init: initial bias (the article's from-scratch version: 0).
+        decay_rules: see :class:`WeightDecayModule`; the default decays the weight only.
 
     Example:
         >>> import torch
@@ -49,6 +58,7 @@ class LinearRegression(WeightDecayModule):
         penalty: Penalty = "optimizer",
         init_std: float = 1.0,
         bias_init: float = 0.0,
+        decay_rules: DecayRules | None = None,
     ) -> None:
         check_int_at_least("num_inputs", num_inputs, 1)
         init_std = check_finite_non_negative("init_std", init_std)
@@ -64,4 +74,53 @@ class LinearRegression(WeightDecayModule):
             penalty=penalty,
             loss=HalfMSELoss(),
             val_metrics={"mse": MeanSquaredError()},
+            decay_rules=decay_rules,
         )
+
+
+class MLP(nn.Module):
+    """A plain multilayer perceptron: [Linear → norm → ReLU] per hidden layer, then Linear.
+
+    A model that is not the book's, for :class:`WeightDecayModule` to train
+    (see ``configs/mlp_classifier.yaml``). It is an ``nn.Module``, not a
+    LightningModule: any model can be handed over the same way.
+
+    Args:
+        in_features: input features.
+        hidden_features: width of each hidden layer.
+        out_features: outputs (classes for a classifier).
+        norm: ``"batch"``, ``"layer"`` or ``None``: a normalisation layer after each hidden Linear.
+
+    Example:
+        >>> import torch
+        >>> MLP(4, [8, 8], 3)(torch.zeros(2, 4)).shape
+        torch.Size([2, 3])
+    """
+
+    def __init__(
+        self,
+        in_features: int,
+        hidden_features: list[int],
+        out_features: int,
+        norm: Literal["batch", "layer"] | None = "batch",
+    ) -> None:
+        super().__init__()
+        check_int_at_least("in_features", in_features, 1)
+        check_int_at_least("out_features", out_features, 1)
+        if norm not in ("batch", "layer", None):
+            raise InvalidArgumentError("norm", norm, "'batch', 'layer' or None")
+        layers: list[nn.Module] = []
+        width = in_features
+        for hidden in hidden_features:
+            layers.append(nn.Linear(width, check_int_at_least("hidden_features", hidden, 1)))
+            if norm == "batch":
+                layers.append(nn.BatchNorm1d(hidden))
+            elif norm == "layer":
+                layers.append(nn.LayerNorm(hidden))
+            layers.append(nn.ReLU())
+            width = hidden
+        layers.append(nn.Linear(width, out_features))
+        self.layers = nn.Sequential(*layers)
+
+    def forward(self, inputs: Tensor) -> Tensor:
+        return self.layers(inputs)

@@ -11,6 +11,7 @@ import torch
 from lightning.pytorch import LightningModule
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from lightning.pytorch.loggers import TensorBoardLogger
+from lightning.pytorch.utilities import rank_zero_info
 from torch import Tensor, nn
 from torch.optim import Optimizer
 from torchmetrics import Metric, MetricCollection
@@ -21,7 +22,7 @@ from wd_lightning.errors import (
     TrainingDivergedError,
     check_finite_non_negative,
 )
-from wd_lightning.param_groups import param_groups
+from wd_lightning.param_groups import DecayRules, ParamGroupsReport, explain_param_groups
 
 __all__ = ["HalfMSELoss", "Penalty", "WeightDecayModule"]
 
@@ -60,6 +61,9 @@ class WeightDecayModule(LightningModule):
         penalty: ``"optimizer"`` or ``"loss"`` (see above).
         loss: maps ``(predictions, targets)`` to a scalar; defaults to :class:`HalfMSELoss`.
         val_metrics: torchmetrics logged as ``val/<name>`` on the validation set.
+        decay_rules: which parameters decay (:class:`~wd_lightning.DecayRules`);
+            the default rule exempts biases, norm layers, 1-D parameters and
+            whatever submodules declare in ``no_weight_decay()``.
 
     Example:
         >>> from torch import nn
@@ -80,6 +84,7 @@ class WeightDecayModule(LightningModule):
         penalty: Penalty = "optimizer",
         loss: nn.Module | None = None,
         val_metrics: dict[str, Metric] | None = None,
+        decay_rules: DecayRules | None = None,
     ) -> None:
         super().__init__()
         self.weight_decay = check_finite_non_negative("weight_decay", weight_decay)
@@ -89,14 +94,16 @@ class WeightDecayModule(LightningModule):
         # The model, loss and factories are objects, not hyper-parameters: a checkpoint
         # of a subclass that builds its own model (LinearRegression) reloads from the rest.
         self.save_hyperparameters(
-            ignore=["model", "optimizer", "lr_scheduler", "loss", "val_metrics"]
+            ignore=["model", "optimizer", "lr_scheduler", "loss", "val_metrics", "decay_rules"]
         )
         self.model = model
         self.loss = loss if loss is not None else HalfMSELoss()
         self.val_metrics = MetricCollection(dict(val_metrics or {}), prefix="val/")
         self.optimizer_factory = optimizer
         self.lr_scheduler_factory = lr_scheduler
+        self.decay_rules = decay_rules or DecayRules()
         self._penalty_groups: list[tuple[float, list[nn.Parameter]]] = []
+        self.param_groups_report: ParamGroupsReport | None = None
         # Build the optimizer once now so that a bad optimizer or learning rate is
         # reported at construction, before a trainer creates any run directory.
         self._build_optimizer()
@@ -106,7 +113,18 @@ class WeightDecayModule(LightningModule):
 
     # ----------------------------------------------------------------- optimizer
     def _build_optimizer(self) -> Optimizer:
-        groups = param_groups(self.model, self.weight_decay)
+        try:
+            self.param_groups_report = explain_param_groups(
+                self.model, self.weight_decay, self.decay_rules
+            )
+        except InvalidArgumentError as error:
+            if error.argument.split(".")[0] not in DecayRules.__dataclass_fields__:
+                raise
+            # Name the option as the user spells it on this module.
+            raise InvalidArgumentError(
+                f"decay_rules.{error.argument}", error.value, error.allowed
+            ) from None
+        groups = self.param_groups_report.groups
         if not any(group["params"] for group in groups):
             raise InvalidArgumentError(
                 "model", type(self.model).__name__, "a model with at least one trainable parameter"
@@ -181,9 +199,14 @@ class WeightDecayModule(LightningModule):
 
     # ------------------------------------------------------------- TensorBoard
     def on_fit_start(self) -> None:
+        report, optimizer = self.param_groups_report, self.trainer.optimizers[0]
+        # Say where every parameter went before the first step: a wrong grouping
+        # is cheap to spot here and expensive to discover after a long run.
+        rank_zero_info(f"Parameter groups:\n{report.summary(optimizer)}")
         for logger in self.loggers:
             if isinstance(logger, TensorBoardLogger):
                 logger.experiment.add_custom_scalars(CUSTOM_SCALARS_LAYOUT)
+                logger.experiment.add_text("param_groups", report.markdown(optimizer), 0)
 
 
 # Custom-scalars charts (tags are regular expressions): TensorBoard draws every
@@ -221,12 +244,14 @@ def _check_optimizer(optimizer: Optimizer, needs_weight_decay: bool) -> None:
     if "weight_decay" in optimizer.defaults:
         declared = inspect.signature(type(optimizer)).parameters.get("weight_decay")
         given = optimizer.defaults["weight_decay"]
-        if declared is not None and given != declared.default:
+        # 0 and the class default are what configs carry when nobody chose a value
+        # (switching class_path keeps the previous optimizer's weight_decay: 0).
+        if declared is not None and given not in (0, declared.default):
             raise InvalidArgumentError(
                 "optimizer.weight_decay",
                 given,
-                f"{declared.default} (its default): set λ with the module's weight_decay, "
-                "because the parameter groups override the optimizer's own value",
+                f"0 or {declared.default} (its default): set λ with the module's "
+                "weight_decay, because the parameter groups override the optimizer's own value",
             )
     for group in optimizer.param_groups:
         _check_lr(group.get("lr"))
