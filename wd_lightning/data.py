@@ -8,6 +8,7 @@ the truth, which is what weight decay is meant to fix.
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 from collections.abc import Iterator
 
 import torch
@@ -19,6 +20,7 @@ from wd_lightning.errors import check_finite, check_finite_non_negative, check_i
 
 __all__ = [
     "EpochSeededSampler",
+    "InMemoryDataModule",
     "SyntheticClassificationDataModule",
     "SyntheticRegressionDataModule",
     "TensorPairDataset",
@@ -120,7 +122,76 @@ class EpochSeededSampler(Sampler[int]):
         return self.num_examples
 
 
-class SyntheticRegressionDataModule(LightningDataModule):
+class InMemoryDataModule(LightningDataModule, ABC):
+    """Shared machinery of the synthetic tasks: a generated train / held-out split in memory.
+
+    Subclasses implement :meth:`generate`, drawing ``num_train + num_val``
+    examples from the generator they are given (seeded with ``data_seed``);
+    this class splits them, exposes ``X_train``, ``y_train``, ``X_val`` and
+    ``y_val`` after :meth:`setup`, and serves training batches in the
+    ``(data_seed, epoch)`` order of :class:`EpochSeededSampler` and the held-out
+    set (for validation and testing) in batches of ``val_batch_size``, by
+    default all at once.
+    """
+
+    def __init__(
+        self,
+        num_train: int,
+        num_val: int,
+        batch_size: int,
+        data_seed: int,
+        val_batch_size: int | None,
+    ) -> None:
+        super().__init__()
+        self.num_train = check_int_at_least("num_train", num_train, 1)
+        self.num_val = check_int_at_least("num_val", num_val, 1)
+        self.batch_size = check_int_at_least("batch_size", batch_size, 1)
+        self.data_seed = check_int_at_least("data_seed", data_seed, 0)
+        if val_batch_size is not None:
+            check_int_at_least("val_batch_size", val_batch_size, 1)
+        self.val_batch_size = val_batch_size
+        self.X_train: Tensor | None = None
+        self.y_train: Tensor | None = None
+        self.X_val: Tensor | None = None
+        self.y_val: Tensor | None = None
+
+    @abstractmethod
+    def generate(self, num_examples: int, generator: torch.Generator) -> tuple[Tensor, Tensor]:
+        """Draw ``num_examples`` ``(inputs, targets)`` rows from ``generator``."""
+
+    def setup(self, stage: str | None = None) -> None:
+        if self.X_train is not None:
+            return
+        generator = torch.Generator().manual_seed(self.data_seed)
+        X, y = self.generate(self.num_train + self.num_val, generator)
+        self.X_train, self.X_val = X[: self.num_train], X[self.num_train :]
+        self.y_train, self.y_val = y[: self.num_train], y[self.num_train :]
+
+    def train_dataloader(self) -> DataLoader:
+        self.setup()
+        return DataLoader(
+            TensorPairDataset(self.X_train, self.y_train),
+            batch_size=self.batch_size,
+            sampler=EpochSeededSampler(self.num_train, self.data_seed),
+            collate_fn=already_batched,
+        )
+
+    def val_dataloader(self) -> DataLoader:
+        return self._held_out_dataloader()
+
+    def test_dataloader(self) -> DataLoader:
+        return self._held_out_dataloader()
+
+    def _held_out_dataloader(self) -> DataLoader:
+        self.setup()
+        return DataLoader(
+            TensorPairDataset(self.X_val, self.y_val),
+            batch_size=self.val_batch_size or self.num_val,
+            collate_fn=already_batched,
+        )
+
+
+class SyntheticRegressionDataModule(InMemoryDataModule):
     """The *Dive into Deep Learning* weight-decay task; defaults are the book's values.
 
     The data are drawn from ``data_seed`` alone, not from the global seed, so
@@ -159,64 +230,20 @@ class SyntheticRegressionDataModule(LightningDataModule):
         data_seed: int = 0,
         val_batch_size: int | None = None,
     ) -> None:
-        super().__init__()
-        self.num_train = check_int_at_least("num_train", num_train, 1)
-        self.num_val = check_int_at_least("num_val", num_val, 1)
+        super().__init__(num_train, num_val, batch_size, data_seed, val_batch_size)
         self.num_inputs = check_int_at_least("num_inputs", num_inputs, 1)
-        self.batch_size = check_int_at_least("batch_size", batch_size, 1)
-        if val_batch_size is not None:
-            check_int_at_least("val_batch_size", val_batch_size, 1)
-        self.val_batch_size = val_batch_size
         self.w_true = check_finite("w_true", w_true)
         self.b_true = check_finite("b_true", b_true)
         self.noise = check_finite_non_negative("noise", noise)
-        self.data_seed = check_int_at_least("data_seed", data_seed, 0)
         self.save_hyperparameters()
-        self.X_train: Tensor | None = None
-        self.y_train: Tensor | None = None
-        self.X_val: Tensor | None = None
-        self.y_val: Tensor | None = None
 
-    def setup(self, stage: str | None = None) -> None:
-        if self.X_train is not None:
-            return
-        generator = torch.Generator().manual_seed(self.data_seed)
-        X, y = make_linear_data(
-            self.num_train + self.num_val,
-            self.num_inputs,
-            self.w_true,
-            self.b_true,
-            self.noise,
-            generator,
-        )
-        self.X_train, self.X_val = X[: self.num_train], X[self.num_train :]
-        self.y_train, self.y_val = y[: self.num_train], y[self.num_train :]
-
-    def train_dataloader(self) -> DataLoader:
-        self.setup()
-        return DataLoader(
-            TensorPairDataset(self.X_train, self.y_train),
-            batch_size=self.batch_size,
-            sampler=EpochSeededSampler(self.num_train, self.data_seed),
-            collate_fn=already_batched,
-        )
-
-    def val_dataloader(self) -> DataLoader:
-        return self._held_out_dataloader()
-
-    def test_dataloader(self) -> DataLoader:
-        return self._held_out_dataloader()
-
-    def _held_out_dataloader(self) -> DataLoader:
-        self.setup()
-        return DataLoader(
-            TensorPairDataset(self.X_val, self.y_val),
-            batch_size=self.val_batch_size or self.num_val,
-            collate_fn=already_batched,
+    def generate(self, num_examples: int, generator: torch.Generator) -> tuple[Tensor, Tensor]:
+        return make_linear_data(
+            num_examples, self.num_inputs, self.w_true, self.b_true, self.noise, generator
         )
 
 
-class SyntheticClassificationDataModule(LightningDataModule):
+class SyntheticClassificationDataModule(InMemoryDataModule):
     """A small multi-class task for other models than the book's: labels from a linear teacher.
 
     ``label = argmax(x @ W + noise · N(0, 1))`` with ``x ~ N(0, I)``; ``W`` and
@@ -231,6 +258,7 @@ class SyntheticClassificationDataModule(LightningDataModule):
         batch_size: training minibatch size.
         noise: standard deviation of the noise added to the teacher's logits.
         data_seed: seed of the data, the teacher and the shuffle order.
+        val_batch_size: validation batch size; ``None`` evaluates the held-out set in one batch.
 
     Example:
         >>> data = SyntheticClassificationDataModule(num_train=8, num_val=4, num_inputs=3)
@@ -248,50 +276,16 @@ class SyntheticClassificationDataModule(LightningDataModule):
         batch_size: int = 64,
         noise: float = 0.5,
         data_seed: int = 0,
+        val_batch_size: int | None = None,
     ) -> None:
-        super().__init__()
-        self.num_train = check_int_at_least("num_train", num_train, 1)
-        self.num_val = check_int_at_least("num_val", num_val, 1)
+        super().__init__(num_train, num_val, batch_size, data_seed, val_batch_size)
         self.num_inputs = check_int_at_least("num_inputs", num_inputs, 1)
         self.num_classes = check_int_at_least("num_classes", num_classes, 2)
-        self.batch_size = check_int_at_least("batch_size", batch_size, 1)
         self.noise = check_finite_non_negative("noise", noise)
-        self.data_seed = check_int_at_least("data_seed", data_seed, 0)
         self.save_hyperparameters()
-        self.X_train: Tensor | None = None
-        self.y_train: Tensor | None = None
-        self.X_val: Tensor | None = None
-        self.y_val: Tensor | None = None
 
-    def setup(self, stage: str | None = None) -> None:
-        if self.X_train is not None:
-            return
-        generator = torch.Generator().manual_seed(self.data_seed)
+    def generate(self, num_examples: int, generator: torch.Generator) -> tuple[Tensor, Tensor]:
         teacher = torch.randn(self.num_inputs, self.num_classes, generator=generator)
-        X = torch.randn(self.num_train + self.num_val, self.num_inputs, generator=generator)
-        logits = X @ teacher + self.noise * torch.randn(
-            len(X), self.num_classes, generator=generator
-        )
-        y = logits.argmax(dim=1)
-        self.X_train, self.X_val = X[: self.num_train], X[self.num_train :]
-        self.y_train, self.y_val = y[: self.num_train], y[self.num_train :]
-
-    def train_dataloader(self) -> DataLoader:
-        self.setup()
-        return DataLoader(
-            TensorPairDataset(self.X_train, self.y_train),
-            batch_size=self.batch_size,
-            sampler=EpochSeededSampler(self.num_train, self.data_seed),
-            collate_fn=already_batched,
-        )
-
-    def val_dataloader(self) -> DataLoader:
-        self.setup()
-        return DataLoader(
-            TensorPairDataset(self.X_val, self.y_val),
-            batch_size=self.num_val,
-            collate_fn=already_batched,
-        )
-
-    def test_dataloader(self) -> DataLoader:
-        return self.val_dataloader()
+        X = torch.randn(num_examples, self.num_inputs, generator=generator)
+        noise = torch.randn(num_examples, self.num_classes, generator=generator)
+        return X, (X @ teacher + self.noise * noise).argmax(dim=1)
