@@ -97,3 +97,31 @@ def test_validation_is_one_batch_by_default():
 def test_bad_arguments_are_rejected_by_name(argument, value):
     with pytest.raises(InvalidArgumentError, match=f"^{argument}="):
         SyntheticRegressionDataModule(**{argument: value})
+
+
+def test_classification_data_are_seeded_and_labelled_by_a_teacher():
+    from wd_lightning import SyntheticClassificationDataModule
+
+    data = SyntheticClassificationDataModule(num_train=64, num_val=32, num_inputs=5, num_classes=4)
+    data.setup()
+    assert data.X_train.shape == (64, 5) and data.y_train.shape == (64,)
+    assert data.y_train.dtype == torch.int64
+    assert set(data.y_train.tolist()) <= {0, 1, 2, 3} and len(set(data.y_train.tolist())) > 1
+    again = SyntheticClassificationDataModule(num_train=64, num_val=32, num_inputs=5, num_classes=4)
+    again.setup()
+    assert torch.equal(data.X_val, again.X_val) and torch.equal(data.y_val, again.y_val)
+    # Noise-free labels are a linear function of the inputs: a linear probe fits them exactly.
+    clean = SyntheticClassificationDataModule(num_train=200, num_inputs=3, noise=0.0)
+    clean.setup()
+    solution = torch.linalg.lstsq(clean.X_train, torch.nn.functional.one_hot(clean.y_train).float())
+    assert (clean.X_train @ solution.solution).argmax(1).eq(clean.y_train).float().mean() > 0.8
+
+
+@pytest.mark.parametrize(
+    ("argument", "value"), [("num_classes", 1), ("noise", -1.0), ("num_inputs", 0)]
+)
+def test_classification_bad_arguments(argument, value):
+    from wd_lightning import SyntheticClassificationDataModule
+
+    with pytest.raises(InvalidArgumentError, match=f"^{argument}="):
+        SyntheticClassificationDataModule(**{argument: value})
