@@ -1,19 +1,35 @@
-"""wd_lightning: weight decay done right in PyTorch Lightning, and proved right."""
+"""wd_lightning: weight decay done right in PyTorch Lightning, and proved right.
 
-from wd_lightning.callbacks import WeightNormMonitor
-from wd_lightning.data import SyntheticClassificationDataModule, SyntheticRegressionDataModule
-from wd_lightning.errors import InvalidArgumentError, TrainingDivergedError
-from wd_lightning.models import MLP, LinearRegression
-from wd_lightning.module import HalfMSELoss, WeightDecayModule
-from wd_lightning.param_groups import (
-    DecayRules,
-    GroupOverride,
-    ParamGroupsReport,
-    explain_param_groups,
-    param_groups,
-)
+The public names below are imported on first use, so that ``import
+wd_lightning.testing`` (and the pytest plugin, which every pytest run of a
+project with this package installed loads) does not pay for importing
+Lightning and torch up front.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
 
 __version__ = "0.1.0"
+
+# public name → the module that defines it
+_EXPORTS = {
+    "DecayRules": "wd_lightning.grouping",
+    "GroupOverride": "wd_lightning.grouping",
+    "HalfMSELoss": "wd_lightning.module",
+    "InvalidArgumentError": "wd_lightning.errors",
+    "LinearRegression": "wd_lightning.models",
+    "MLP": "wd_lightning.models",
+    "ParamGroupsReport": "wd_lightning.grouping",
+    "SyntheticClassificationDataModule": "wd_lightning.data",
+    "SyntheticRegressionDataModule": "wd_lightning.data",
+    "TrainingDivergedError": "wd_lightning.errors",
+    "WeightDecayModule": "wd_lightning.module",
+    "WeightNormMonitor": "wd_lightning.callbacks",
+    "explain_param_groups": "wd_lightning.grouping",
+    "param_groups": "wd_lightning.grouping",
+}
 
 __all__ = [
     "MLP",
@@ -32,3 +48,30 @@ __all__ = [
     "explain_param_groups",
     "param_groups",
 ]
+
+if TYPE_CHECKING:
+    from wd_lightning.callbacks import WeightNormMonitor
+    from wd_lightning.data import SyntheticClassificationDataModule, SyntheticRegressionDataModule
+    from wd_lightning.errors import InvalidArgumentError, TrainingDivergedError
+    from wd_lightning.grouping import (
+        DecayRules,
+        GroupOverride,
+        ParamGroupsReport,
+        explain_param_groups,
+        param_groups,
+    )
+    from wd_lightning.models import MLP, LinearRegression
+    from wd_lightning.module import HalfMSELoss, WeightDecayModule
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'wd_lightning' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value  # later lookups skip this function
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))
