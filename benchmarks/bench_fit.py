@@ -4,8 +4,9 @@ Two comparisons, each against a baseline measured in the same invocation:
 
 * in-process: ``Trainer.fit`` of the λ = 3 run exactly as ``python -m wd_lightning fit``
   builds it (TensorBoard logger, weight-norm monitor, validation metrics,
-  checkpointing), against :mod:`plain_book_run` doing the same 400 steps and
-  100 validation passes in a plain loop; both warm, medians of ``--repeats``.
+  checkpointing), against :mod:`plain_book_run` doing the same 400 steps, 100
+  validation passes, logging and checkpoints in a plain loop (the baseline),
+  and the same loop without logging or checkpoints; warm, medians of ``--repeats``.
 * whole process: ``python -m wd_lightning fit`` against ``python plain_book_run.py``,
   fresh processes, interleaved, medians of ``--processes``.
 
@@ -36,7 +37,9 @@ sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(REPO))
 
 import plain_book_run  # noqa: E402
+from lightning.pytorch import Trainer, seed_everything  # noqa: E402
 
+from wd_lightning import LinearRegression, SyntheticRegressionDataModule  # noqa: E402
 from wd_lightning.cli import WeightDecayCLI  # noqa: E402
 
 CONFIG = str(REPO / "configs" / "d2l_weight_decay.yaml")
@@ -57,6 +60,21 @@ def lightning_fit(root: str, progress_bar: bool) -> Callable[[], None]:
     return fit
 
 
+def bare_lightning_fit() -> Callable[[], None]:
+    """The same module and data under a Trainer with nothing extra: Lightning's own floor."""
+    seed_everything(0, verbose=False)
+    model, data = LinearRegression(), SyntheticRegressionDataModule()
+    trainer = Trainer(
+        max_epochs=100,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        accelerator="cpu",
+    )
+    return lambda: trainer.fit(model, data)
+
+
 def time_call(make: Callable[[], Callable[[], None]]) -> float:
     call = make()
     start = time.perf_counter()
@@ -68,11 +86,12 @@ def in_process(repeats: int) -> dict[str, float]:
     with tempfile.TemporaryDirectory() as root:
         cases: dict[str, Callable[[], Callable[[], None]]] = {
             "plain loop": lambda: lambda: plain_book_run.run(),
-            "plain loop + TensorBoard": lambda: lambda: plain_book_run.run(
-                log_dir=tempfile.mkdtemp(dir=root)
+            "plain loop + the same logging and checkpoints": lambda: (
+                lambda: plain_book_run.run(log_dir=tempfile.mkdtemp(dir=root))
             ),
             "wd_lightning fit, CLI defaults": lambda: lightning_fit(root, progress_bar=True),
             "wd_lightning fit, no progress bar": lambda: lightning_fit(root, progress_bar=False),
+            "bare Lightning: no logger, checkpoint, monitor or progress bar": bare_lightning_fit,
         }
         for make in cases.values():  # warm-up: imports, first kernels, lazy inits
             time_call(make)
@@ -137,7 +156,9 @@ def main() -> None:
     parser.add_argument("--processes", type=int, default=5)
     args = parser.parse_args()
     print(f"Machine: {machine()}\n")
-    print(table("In-process fit, warm", in_process(args.repeats), "plain loop", 3.0))
+    results = in_process(args.repeats)
+    baseline = "plain loop + the same logging and checkpoints"
+    print(table("In-process fit, warm", results, baseline, 3.0))
     print()
     processes = whole_process(args.processes)
     print(table("Whole process", processes, "python plain_book_run.py --tensorboard", 1.6))

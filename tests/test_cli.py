@@ -203,3 +203,29 @@ def test_any_model_through_the_cli(tmp_path):
     assert cli.trainer.global_step == 8
     groups = cli.trainer.optimizers[0].param_groups
     assert [(g["name"], g["weight_decay"]) for g in groups] == [("decay", 0.1), ("no_decay", 0.0)]
+
+
+def test_default_checkpoint_is_last_ckpt_and_resumes(tmp_path):
+    args = ["fit", "--trainer.default_root_dir", str(tmp_path), "--trainer.max_epochs", "3"]
+    cli = WeightDecayCLI(args=[*args, *QUIET])
+    checkpoints = cli.trainer.log_dir + "/checkpoints"
+    assert sorted(os.listdir(checkpoints)) == ["last.ckpt"]  # one save for a short run
+    resumed = ["fit", "--trainer.default_root_dir", str(tmp_path), "--trainer.max_epochs", "5"]
+    resumed += ["--ckpt_path", checkpoints + "/last.ckpt"]
+    assert WeightDecayCLI(args=[*resumed, *QUIET]).trainer.global_step == 20
+
+
+def test_own_checkpoint_callback_or_none_replaces_the_default(tmp_path):
+    from lightning.pytorch.callbacks import ModelCheckpoint
+
+    def checkpoint_callbacks(*extra):
+        args = ["--trainer.default_root_dir", str(tmp_path), *extra]
+        cli = WeightDecayCLI(args=args, run=False)
+        return [c for c in cli.trainer.callbacks if isinstance(c, ModelCheckpoint)]
+
+    (default,) = checkpoint_callbacks()
+    assert default.save_last and default.save_on_exception
+    own = ["--trainer.callbacks", "ModelCheckpoint", "--trainer.callbacks.every_n_epochs", "7"]
+    (given,) = checkpoint_callbacks(*own)
+    assert given._every_n_epochs == 7
+    assert checkpoint_callbacks("--trainer.enable_checkpointing", "false") == []

@@ -2,76 +2,412 @@
 
 from __future__ import annotations
 
+import re
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 from lightning.pytorch import Callback, LightningModule, Trainer
-from lightning.pytorch.utilities import rank_zero_only
+from lightning.pytorch.loggers import TensorBoardLogger
+from lightning.pytorch.strategies import DeepSpeedStrategy, FSDPStrategy
 from torch import Tensor
 from torch.optim import Optimizer
 
 from wd_lightning.cadence import logged_step, logs_this_step
-from wd_lightning.errors import check_int_at_least
-from wd_lightning.norms import group_norm
+from wd_lightning.errors import InvalidArgumentError, check_int_at_least
+from wd_lightning.norms import (
+    _dtensor_type,
+    segment_norms,
+    snapshot,
+    squared_distances,
+    squared_norms,
+)
 
 __all__ = ["WeightNormMonitor"]
 
+ROOT_MODULE = "root"
+"""The module name ``weight_norm/module/...`` uses for parameters of the top-level module."""
+
 
 class WeightNormMonitor(Callback):
-    """Logs the L2 norm of each optimizer parameter group as ``weight_norm/<group>``.
+    """Logs the L2 norm of each optimizer parameter group, ``weight_norm/<group>``, to every logger.
 
-    Also logs ``weight_norm/total`` over all groups. A group is named by its
-    ``"name"`` key (as :func:`wd_lightning.param_groups` sets), else ``pgN``.
+    Works with any LightningModule and optimizer. A group is named by its
+    ``"name"`` key (as :func:`wd_lightning.param_groups` sets: ``decay``,
+    ``no_decay``, ``<override>/decay`` …), else ``pgN`` for the N-th group;
+    ``weight_norm/total`` is the norm of all the optimizer's parameters. With
+    several optimizers the tags of optimizer i ≥ 1 read
+    ``weight_norm/optimizer<i>/<group>``.
 
-    **When.** On the steps where Lightning logs ``train/loss`` (every
-    ``trainer.log_every_n_steps`` optimizer steps, unless ``logging_interval``
-    is given), once per optimizer step even under gradient accumulation, and
-    once more when training ends. The value logged at step *s* is the norm of the
-    weights after *s* optimizer steps: the same weights the loss at step *s* was
-    computed with (it is taken just before the next optimizer step), so the
-    curves line up; the final point is the trained model. Nothing is computed
-    between logging steps.
+    **When.** On the steps where Lightning writes ``self.log(..., on_step=True)``
+    metrics such as ``train/loss`` (every ``trainer.log_every_n_steps``
+    optimizer steps, or every ``logging_interval`` steps), once per optimizer
+    step even under gradient accumulation, and once more when training ends.
+    The value at step *s* is the norm of the weights after *s* optimizer steps,
+    taken just **before** step *s + 1* is applied: the weights the loss logged
+    at step *s* was computed with, so the curves line up. The final point is
+    the trained model, at the last step of Lightning's logging axis (which is
+    ``trainer.global_step`` under automatic optimization; under manual
+    optimization Lightning counts batches there, and ``global_step`` counts
+    every optimizer's steps).
+
+    **Cost.** Between logging steps, nothing. On a logging step, one fused
+    multi-tensor kernel per device and dtype, float32 accumulation (bf16
+    parameters lose nothing), and one host synchronisation for all values.
+    Parameters sharded as ``DTensor`` (FSDP2, tensor parallelism) are measured
+    whole, with one all-reduce per device mesh; every rank then takes part, and
+    only global rank zero writes. Under DDP only rank zero measures.
 
     Args:
         logging_interval: log every this many optimizer steps; ``None`` follows
             the trainer's ``log_every_n_steps``.
+        log_modules: also log ``weight_norm/module/<module>``, the norm of the
+            parameters each module owns directly (``root`` for the top level).
+        log_params: also log ``weight_norm/param/<parameter name>``.
+        log_histograms: also write a histogram of each parameter's values,
+            ``weight_hist/<parameter name>``, to TensorBoard loggers. This copies
+            every parameter to the host (and gathers sharded ones whole) on
+            each logging step: meant for small models or long intervals.
+        log_update_ratio: also log ``update_ratio/<group>`` and
+            ``update_ratio/total``, ‖Δw‖/‖w‖ of the optimizer step applied
+            right after the logged weights, at the same step *s*. On logging
+            steps only, this keeps a copy of the parameters (of each rank's
+            shard) until the step is applied, and frees it immediately after.
+        custom_scalars: write a TensorBoard custom-scalars layout that overlays
+            ``train_loss`` with ``val_loss``, and the group norms, on one chart
+            each.
+        log_hparams: when training ends, fill TensorBoard's HPARAMS tab with the
+            module's and datamodule's hyper-parameters and the final metrics
+            ``hp/weight_norm`` (the final total norm) and ``hp/val_loss`` (the
+            last ``val_loss``, if the run validated). Give the
+            ``TensorBoardLogger`` ``default_hp_metric=False``, or the tab also
+            shows Lightning's placeholder ``hp_metric``.
+        train_loss: tag of the training loss, for the custom-scalars chart.
+        val_loss: tag of the validation loss, for the chart and ``hp/val_loss``.
 
     Example:
+        >>> import torch
+        >>> from torch import nn
         >>> from lightning.pytorch import Trainer
-        >>> trainer = Trainer(callbacks=[WeightNormMonitor()], logger=False)
+        >>> monitor = WeightNormMonitor(log_update_ratio=True)
+        >>> trainer = Trainer(callbacks=[monitor], logger=False)
+        >>> model = nn.Linear(3, 1)
+        >>> optimizer = torch.optim.SGD([{"params": [model.weight], "name": "decay"}], lr=0.1)
+        >>> with torch.no_grad():
+        ...     _ = model.weight.copy_(torch.tensor([[3.0, 4.0, 0.0]]))
+        >>> WeightNormMonitor.norms(optimizer)
+        {'weight_norm/decay': tensor(5.), 'weight_norm/total': tensor(5.)}
     """
 
-    def __init__(self, logging_interval: int | None = None) -> None:
+    def __init__(
+        self,
+        logging_interval: int | None = None,
+        log_modules: bool = False,
+        log_params: bool = False,
+        log_histograms: bool = False,
+        log_update_ratio: bool = False,
+        custom_scalars: bool = True,
+        log_hparams: bool = True,
+        train_loss: str = "train/loss",
+        val_loss: str = "val/loss",
+    ) -> None:
         if logging_interval is not None:
             check_int_at_least("logging_interval", logging_interval, 1)
         self.logging_interval = logging_interval
+        self.log_modules = _check_bool("log_modules", log_modules)
+        self.log_params = _check_bool("log_params", log_params)
+        self.log_histograms = _check_bool("log_histograms", log_histograms)
+        self.log_update_ratio = _check_bool("log_update_ratio", log_update_ratio)
+        self.custom_scalars = _check_bool("custom_scalars", custom_scalars)
+        self.log_hparams = _check_bool("log_hparams", log_hparams)
+        self.train_loss = _check_tag("train_loss", train_loss)
+        self.val_loss = _check_tag("val_loss", val_loss)
+        self._plans: dict[int, _Plan] = {}
+        self._pending: list[_PendingUpdate] = []
+        self._layouts_written: set[str] = set()
+
+    # ----------------------------------------------------------------- hooks
+    def on_fit_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        _check_strategy(trainer)
+        self._plans.clear()
+        if self.custom_scalars and trainer.is_global_zero:
+            self._write_layout(trainer, pl_module)
 
     def on_before_optimizer_step(
         self, trainer: Trainer, pl_module: LightningModule, optimizer: Optimizer
     ) -> None:
-        if trainer.loggers and logs_this_step(trainer, self.logging_interval):
-            self._log(trainer, optimizer, step=logged_step(trainer))
+        if not trainer.loggers or not logs_this_step(trainer, self.logging_interval):
+            return
+        plan = self._plan(trainer, pl_module, optimizer)
+        if not (trainer.is_global_zero or plan.sharded):
+            return
+        step = logged_step(trainer)
+        squares = squared_norms(plan.tensors)
+        if self.log_update_ratio:
+            self._pending.append(_PendingUpdate(plan, snapshot(plan.tensors), squares, step))
+        self._write(trainer, plan, squares, step)
+
+    def on_train_batch_end(
+        self, trainer: Trainer, pl_module: LightningModule, outputs: Any, batch: Any, batch_idx: int
+    ) -> None:
+        # The optimizer step of a logging step has been applied by now.
+        pending, self._pending = self._pending, []
+        for update in pending:
+            self._write_update_ratio(trainer, update)
 
     def on_train_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        if trainer.loggers and trainer.optimizers:
-            self._log(trainer, trainer.optimizers[0], step=trainer.global_step)
+        self._pending = []
+        if not trainer.loggers or not trainer.optimizers:
+            return
+        totals = []
+        for optimizer in trainer.optimizers:
+            plan = self._plan(trainer, pl_module, optimizer)
+            if trainer.is_global_zero or plan.sharded:
+                squares = squared_norms(plan.tensors)
+                totals.append(squares.sum())
+                self._write(trainer, plan, squares, logged_step(trainer))
+        if self.log_hparams and trainer.is_global_zero and totals:
+            self._write_hparams(trainer, pl_module, torch.stack(totals).sum().sqrt().item())
 
+    # ------------------------------------------------------------ public maths
     @staticmethod
     def norms(optimizer: Optimizer) -> dict[str, Tensor]:
-        """The norms this callback logs, keyed by tag, as device tensors."""
-        device = next((p.device for g in optimizer.param_groups for p in g["params"]), None)
-        result = {
-            f"weight_norm/{group.get('name', f'pg{index}')}": group_norm(group["params"]).to(device)
-            for index, group in enumerate(optimizer.param_groups)
-        }
-        result["weight_norm/total"] = torch.linalg.vector_norm(torch.stack(list(result.values())))
-        return result
+        """The group norms and total this callback logs for ``optimizer``, as device tensors.
 
-    @rank_zero_only
-    def _log(self, trainer: Trainer, optimizer: Optimizer, step: int) -> None:
-        tags = self.norms(optimizer)
-        # One host synchronisation for all values, not one per tag.
-        values = torch.stack(list(tags.values())).tolist()
-        metrics: dict[str, Any] = dict(zip(tags, values, strict=True))
+        Sharded (``DTensor``) parameters are measured whole, so with them every
+        rank of the mesh must call this.
+
+        Example:
+            >>> from torch import nn
+            >>> layer = nn.Linear(2, 1)
+            >>> optimizer = torch.optim.SGD([{"params": [layer.weight]}, {"params": []}], lr=0.1)
+            >>> list(WeightNormMonitor.norms(optimizer))
+            ['weight_norm/pg0', 'weight_norm/pg1', 'weight_norm/total']
+        """
+        plan = _Plan.build(optimizer, index=0, names={})
+        squares = squared_norms(plan.tensors)
+        values = torch.cat([plan.group_norms(squares), squares.sum().sqrt()[None]])
+        return dict(zip([*plan.group_tags, plan.total_tag], values.unbind(), strict=True))
+
+    # -------------------------------------------------------------- internals
+    def _plan(self, trainer: Trainer, pl_module: LightningModule, optimizer: Optimizer) -> _Plan:
+        index = next((i for i, o in enumerate(trainer.optimizers) if o is optimizer), 0)
+        plan = self._plans.get(index)
+        if plan is None or not plan.describes(optimizer):
+            names = {id(p): name for name, p in pl_module.named_parameters()}
+            plan = _Plan.build(optimizer, index, names)
+            self._plans[index] = plan
+        return plan
+
+    def _write(self, trainer: Trainer, plan: _Plan, squares: Tensor, step: int) -> None:
+        """Log the norms measured as ``squares``; collective parts run on every rank."""
+        tags = [*plan.group_tags, plan.total_tag]
+        values = [plan.group_norms(squares), squares.sum().sqrt()[None]]
+        if self.log_modules:
+            tags += plan.module_tags
+            values.append(plan.module_norms(squares))
+        if self.log_params:
+            tags += plan.param_tags
+            values.append(squares.sqrt())
+        histograms = self._histograms(trainer, plan) if self.log_histograms else {}
+        if not trainer.is_global_zero:
+            return
+        # One host synchronisation for every value.
+        metrics = dict(zip(tags, torch.cat(values).tolist(), strict=True))
         for logger in trainer.loggers:
             logger.log_metrics(metrics, step=step)
+            if isinstance(logger, TensorBoardLogger):
+                for tag, tensor in histograms.items():
+                    logger.experiment.add_histogram(tag, tensor, global_step=step)
+
+    def _histograms(self, trainer: Trainer, plan: _Plan) -> dict[str, Tensor]:
+        if not any(isinstance(logger, TensorBoardLogger) for logger in trainer.loggers):
+            return {}
+        dtensor = _dtensor_type()
+        result = {}
+        for name, tensor in zip(plan.param_names, plan.tensors, strict=True):
+            whole = tensor.detach()
+            if dtensor is not None and isinstance(whole, dtensor):
+                whole = whole.full_tensor()  # a collective: every rank gathers
+            if trainer.is_global_zero:
+                result[f"weight_hist/{plan.prefix}{name}"] = whole.float().cpu()
+        return result
+
+    def _write_update_ratio(self, trainer: Trainer, update: _PendingUpdate) -> None:
+        plan = update.plan
+        moved = squared_distances(plan.tensors, update.snapshot)
+        update.snapshot = []  # release the copy of the parameters at once
+        ratios = torch.cat(
+            [
+                plan.group_norms(moved) / plan.group_norms(update.squares),
+                (moved.sum() / update.squares.sum()).sqrt()[None],
+            ]
+        )
+        if not trainer.is_global_zero:
+            return
+        tags = [*plan.update_tags, plan.update_total_tag]
+        kept = [i for i, size in enumerate([*plan.group_sizes, 1]) if size]
+        values = ratios.tolist()
+        metrics = {tags[i]: values[i] for i in kept}
+        for logger in trainer.loggers:
+            logger.log_metrics(metrics, step=update.step)
+
+    def _write_layout(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        tensorboards = [
+            logger
+            for logger in trainer.loggers
+            if isinstance(logger, TensorBoardLogger) and logger.log_dir not in self._layouts_written
+        ]
+        if not tensorboards:
+            return
+        plans = [self._plan(trainer, pl_module, optimizer) for optimizer in trainer.optimizers]
+        layout = self._layout(plans)
+        for logger in tensorboards:
+            logger.experiment.add_custom_scalars(layout)
+            self._layouts_written.add(logger.log_dir)
+
+    def _layout(self, plans: Sequence[_Plan]) -> dict[str, dict[str, list[Any]]]:
+        """The custom-scalars layout: one chart per list of tags (regular expressions)."""
+        charts: dict[str, list[Any]] = {
+            "loss: train vs validation": ["Multiline", _exact([self.train_loss, self.val_loss])],
+            "weight norm per group": [
+                "Multiline",
+                _exact(tag for plan in plans for tag in [*plan.group_tags, plan.total_tag]),
+            ],
+        }
+        if self.log_update_ratio:
+            charts["update / weight ratio per group"] = [
+                "Multiline",
+                _exact(tag for p in plans for tag in [*p.update_tags, p.update_total_tag]),
+            ]
+        if self.log_modules:
+            charts["weight norm per module"] = ["Multiline", [r"^weight_norm/module/"]]
+        return {"weight decay": charts}
+
+    def _write_hparams(self, trainer: Trainer, pl_module: LightningModule, total: float) -> None:
+        metrics = {"hp/weight_norm": total}
+        val_loss = trainer.callback_metrics.get(self.val_loss)
+        if val_loss is not None:
+            metrics["hp/val_loss"] = float(val_loss)
+        datamodule = getattr(trainer, "datamodule", None)
+        params = {**getattr(datamodule, "hparams", {}), **pl_module.hparams}
+        for logger in trainer.loggers:
+            if isinstance(logger, TensorBoardLogger):
+                logger.log_hyperparams(params, metrics, step=logged_step(trainer))
+
+
+@dataclass
+class _Plan:
+    """What to measure for one optimizer, and how the tags map onto its tensors (built once)."""
+
+    tensors: list[Tensor]
+    param_names: list[str]
+    group_sizes: list[int]
+    group_tags: list[str]
+    total_tag: str
+    update_tags: list[str]
+    update_total_tag: str
+    param_tags: list[str]
+    module_tags: list[str]
+    prefix: str
+    sharded: bool
+    group_ids: Tensor
+    module_ids: Tensor
+    _signature: tuple[int, ...] = field(default=())
+
+    @classmethod
+    def build(cls, optimizer: Optimizer, index: int, names: dict[int, str]) -> _Plan:
+        prefix = f"optimizer{index}/" if index else ""
+        tensors: list[Tensor] = []
+        param_names: list[str] = []
+        group_tags, update_tags, group_sizes, group_ids = [], [], [], []
+        for number, group in enumerate(optimizer.param_groups):
+            name = str(group.get("name", f"pg{number}"))
+            group_tags.append(f"weight_norm/{prefix}{name}")
+            update_tags.append(f"update_ratio/{prefix}{name}")
+            params = list(group["params"])
+            group_sizes.append(len(params))
+            given = group.get("param_names")
+            for position, param in enumerate(params):
+                tensors.append(param)
+                group_ids.append(number)
+                if given is not None and len(given) == len(params):
+                    param_names.append(str(given[position]))
+                else:
+                    param_names.append(names.get(id(param), f"{name}.{position}"))
+        modules = [name.rpartition(".")[0] or ROOT_MODULE for name in param_names]
+        module_order = list(dict.fromkeys(modules))
+        device = tensors[0].device if tensors else torch.device("cpu")
+        dtensor = _dtensor_type()
+        return cls(
+            tensors=tensors,
+            param_names=param_names,
+            group_sizes=group_sizes,
+            group_tags=group_tags,
+            total_tag=f"weight_norm/{prefix}total",
+            update_tags=update_tags,
+            update_total_tag=f"update_ratio/{prefix}total",
+            param_tags=[f"weight_norm/{prefix}param/{name}" for name in param_names],
+            module_tags=[f"weight_norm/{prefix}module/{name}" for name in module_order],
+            prefix=prefix,
+            sharded=dtensor is not None and any(isinstance(t, dtensor) for t in tensors),
+            group_ids=torch.tensor(group_ids, dtype=torch.long, device=device),
+            module_ids=torch.tensor(
+                [module_order.index(m) for m in modules], dtype=torch.long, device=device
+            ),
+            _signature=_signature(optimizer),
+        )
+
+    def describes(self, optimizer: Optimizer) -> bool:
+        return self._signature == _signature(optimizer)
+
+    def group_norms(self, squares: Tensor) -> Tensor:
+        return segment_norms(squares, self.group_ids, len(self.group_tags))
+
+    def module_norms(self, squares: Tensor) -> Tensor:
+        return segment_norms(squares, self.module_ids, len(self.module_tags))
+
+
+@dataclass
+class _PendingUpdate:
+    """A logging step's weights, kept until its optimizer step has been applied."""
+
+    plan: _Plan
+    snapshot: list[Tensor]
+    squares: Tensor
+    step: int
+
+
+def _signature(optimizer: Optimizer) -> tuple[int, ...]:
+    return tuple(id(p) for group in optimizer.param_groups for p in group["params"])
+
+
+def _exact(tags: Iterable[str]) -> list[str]:
+    # TensorBoard matches these regular expressions at the start of a tag only.
+    return [f"^{re.escape(tag)}$" for tag in tags]
+
+
+def _check_bool(argument: str, value: bool) -> bool:
+    if not isinstance(value, bool):
+        raise InvalidArgumentError(argument, value, "True or False")
+    return value
+
+
+def _check_tag(argument: str, value: str) -> str:
+    if not isinstance(value, str) or not value:
+        raise InvalidArgumentError(argument, value, "a non-empty tag name")
+    return value
+
+
+def _check_strategy(trainer: Trainer) -> None:
+    """Refuse strategies whose parameters are flat per-rank shards: their norms would be wrong."""
+    strategy = trainer.strategy
+    if isinstance(strategy, FSDPStrategy) or (
+        isinstance(strategy, DeepSpeedStrategy) and strategy.zero_stage_3
+    ):
+        raise TypeError(
+            f"WeightNormMonitor cannot measure whole parameters under {type(strategy).__name__}: "
+            "each rank holds a flattened shard. Use ModelParallelStrategy with FSDP2 "
+            "(fully_shard), whose DTensor parameters it measures whole."
+        )

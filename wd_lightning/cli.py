@@ -2,16 +2,20 @@
 
 from __future__ import annotations
 
+import os
 import re
 import sys
 import warnings
 from collections.abc import Sequence
+from datetime import timedelta
 from pathlib import Path
-from typing import NoReturn
+from typing import Any, NoReturn
 
 from jsonargparse._deprecated import JsonargparseDeprecationWarning
 from lightning.pytorch import LightningDataModule, LightningModule, Trainer
+from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
+from lightning.pytorch.loggers import TensorBoardLogger
 
 from wd_lightning.callbacks import WeightNormMonitor
 from wd_lightning.errors import InvalidArgumentError, TrainingDivergedError
@@ -37,7 +41,7 @@ _CLASS_REPR = re.compile(r"<class '([\w.]+)'>")
 
 
 def condense_parser_error(message: str) -> str:
-    """Turn jsonargparse's multi-line error report into one line that names the option.
+    r"""Turn jsonargparse's multi-line error report into one line that names the option.
 
     Example:
         >>> condense_parser_error(
@@ -126,6 +130,28 @@ class WeightDecayCLI(LightningCLI):
             "data.init_args.num_inputs", "model.init_args.num_inputs", apply_on="parse"
         )
 
+    def instantiate_trainer(self, **kwargs: Any) -> Trainer:
+        """The trainer, with this CLI's defaults for what the user left unset.
+
+        * Logger: Lightning's default TensorBoard logger (logs still go to
+          ``<default_root_dir>/lightning_logs/version_N``) without its
+          ``hp_metric = -1`` placeholder: the weight-norm monitor fills the
+          HPARAMS tab with real final metrics.
+        * Checkpoints: :func:`default_checkpoint` instead of a checkpoint after
+          every epoch, unless checkpointing is off or a ModelCheckpoint is given.
+        """
+        config = self._get(self.config_init, "trainer", default={})
+        if config.get("logger") in (None, True) and "logger" not in kwargs:
+            save_dir = config.get("default_root_dir") or os.getcwd()
+            kwargs["logger"] = TensorBoardLogger(save_dir=save_dir, default_hp_metric=False)
+        callbacks = config.get("callbacks") or []
+        callbacks = list(callbacks) if isinstance(callbacks, list) else [callbacks]
+        if config.get("enable_checkpointing") is not False and not any(
+            isinstance(callback, ModelCheckpoint) for callback in callbacks
+        ):
+            kwargs.setdefault("callbacks", [*callbacks, default_checkpoint()])
+        return super().instantiate_trainer(**kwargs)
+
     def instantiate_classes(self) -> None:
         try:
             super().instantiate_classes()
@@ -149,8 +175,25 @@ class WeightDecayCLI(LightningCLI):
         return argument
 
     def after_fit(self) -> None:
+        # Every rank computes it (sharded norms are collective); rank zero prints it.
+        summary = fit_summary(self.trainer)
         if self.trainer.is_global_zero:
-            print(fit_summary(self.trainer))
+            print(summary)
+
+
+def default_checkpoint() -> ModelCheckpoint:
+    """``last.ckpt`` at the end of training, every 5 minutes of training, and on an exception.
+
+    Lightning's default writes a checkpoint after every epoch: for the book's
+    100 one-millisecond epochs that is most of the run's time, and for long
+    epochs it is still only as often as an epoch ends. Time-based saving costs
+    the same on both, ``save_last`` keeps a stable name to resume from
+    (``--ckpt_path lightning_logs/version_N/checkpoints/last.ckpt``), and saving
+    on an exception (including an interrupt) keeps the work done before it.
+    """
+    return ModelCheckpoint(
+        save_last=True, train_time_interval=timedelta(minutes=5), save_on_exception=True
+    )
 
 
 def fit_summary(trainer: Trainer) -> str:

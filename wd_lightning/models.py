@@ -15,8 +15,8 @@ from wd_lightning.errors import (
     check_finite_non_negative,
     check_int_at_least,
 )
+from wd_lightning.grouping import DecayRules
 from wd_lightning.module import HalfMSELoss, Penalty, WeightDecayModule
-from wd_lightning.param_groups import DecayRules
 
 __all__ = ["MLP", "LinearRegression"]
 

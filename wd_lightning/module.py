@@ -22,7 +22,7 @@ from wd_lightning.errors import (
     TrainingDivergedError,
     check_finite_non_negative,
 )
-from wd_lightning.param_groups import DecayRules, ParamGroupsReport, explain_param_groups
+from wd_lightning.grouping import DecayRules, ParamGroupsReport, explain_param_groups
 
 __all__ = ["HalfMSELoss", "Penalty", "WeightDecayModule"]
 
@@ -186,7 +186,14 @@ class WeightDecayModule(LightningModule):
         self.log(f"{stage}/loss", self.loss(predictions, targets), batch_size=len(inputs))
         if stage == "val" and self.val_metrics:
             self.val_metrics.update(predictions, targets)
-            self.log_dict(self.val_metrics)
+
+    def on_validation_epoch_end(self) -> None:
+        # Log the computed values, not the metric objects: torchmetrics already
+        # accumulates (and syncs across processes) itself, and Lightning's handling
+        # of a logged Metric object costs more than the tiny model's whole step.
+        if self.val_metrics:
+            self.log_dict(self.val_metrics.compute())
+            self.val_metrics.reset()
 
     def _raise_diverged(self, loss: Tensor) -> None:
         lr = self.trainer.optimizers[0].param_groups[0]["lr"] if self._trainer else float("nan")
@@ -205,18 +212,7 @@ class WeightDecayModule(LightningModule):
         rank_zero_info(f"Parameter groups:\n{report.summary(optimizer)}")
         for logger in self.loggers:
             if isinstance(logger, TensorBoardLogger):
-                logger.experiment.add_custom_scalars(CUSTOM_SCALARS_LAYOUT)
                 logger.experiment.add_text("param_groups", report.markdown(optimizer), 0)
-
-
-# Custom-scalars charts (tags are regular expressions): TensorBoard draws every
-# tag on a chart of its own unless a layout overlays them.
-CUSTOM_SCALARS_LAYOUT = {
-    "weight decay": {
-        "loss: train vs validation": ["Multiline", ["train/loss", "val/loss"]],
-        "weight norm per group": ["Multiline", [r"weight_norm/.*"]],
-    }
-}
 
 
 def _factory_name(factory: Any) -> str:
