@@ -229,3 +229,9 @@ def test_own_checkpoint_callback_or_none_replaces_the_default(tmp_path):
     (given,) = checkpoint_callbacks(*own)
     assert given._every_n_epochs == 7
     assert checkpoint_callbacks("--trainer.enable_checkpointing", "false") == []
+
+
+def test_model_summary_is_off_by_default_and_can_be_turned_on():
+    assert not any(type(c).__name__ == "ModelSummary" for c in _parse().trainer.callbacks)
+    on = _parse("--trainer.enable_model_summary", "true")
+    assert any(type(c).__name__ == "ModelSummary" for c in on.trainer.callbacks)
