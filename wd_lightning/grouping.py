@@ -264,15 +264,19 @@ def explain_param_groups(
     weight_decay = check_finite_non_negative("weight_decay", weight_decay)
     rules = replace(rules or DecayRules(), **switches) if switches else (rules or DecayRules())
 
+    registrations = list(_registrations(model))
     by_parameter: dict[int, list[_Registration]] = {}
-    frozen: list[str] = []
-    for registration in _registrations(model):
+    frozen: dict[str, None] = {}  # an ordered set
+    for registration in registrations:
         if not registration.parameter.requires_grad:
-            if registration.name not in frozen:
-                frozen.append(registration.name)
+            frozen[registration.name] = None
             continue
         by_parameter.setdefault(id(registration.parameter), []).append(registration)
-    declared = _declared_no_decay(model) if rules.use_no_weight_decay else {}
+    declared = (
+        _declared_no_decay(model, [r.name for r in registrations])
+        if rules.use_no_weight_decay
+        else {}
+    )
 
     groups = _empty_groups(weight_decay, rules)
     index = {group["name"]: group for group in groups}
@@ -311,7 +315,7 @@ def explain_param_groups(
             kind, pattern, "a pattern that matches at least one trainable parameter"
         )
     _check_exactly_once(model, groups)
-    return ParamGroupsReport(groups=groups, decisions=decisions, frozen=frozen)
+    return ParamGroupsReport(groups=groups, decisions=decisions, frozen=list(frozen))
 
 
 def param_groups(
@@ -435,7 +439,7 @@ def _registrations(model: nn.Module) -> Iterator[_Registration]:
             yield _Registration(name, local_name, module, parameter)
 
 
-def _declared_no_decay(model: nn.Module) -> dict[str, str]:
+def _declared_no_decay(model: nn.Module, parameter_names: list[str]) -> dict[str, str]:
     """Parameter names declared by ``no_weight_decay()`` methods → the declaring module's path.
 
     Each module's names are relative to that module (as timm models write
@@ -443,7 +447,6 @@ def _declared_no_decay(model: nn.Module) -> dict[str, str]:
     may also be a submodule's, covering all of its parameters.
     """
     declared: dict[str, str] = {}
-    parameter_names = [r.name for r in _registrations(model)]
     for path, module in _modules(model):
         method = getattr(module, "no_weight_decay", None)
         if not callable(method):
