@@ -1,12 +1,18 @@
 """Every shipped config parses, instantiates, and runs the article's experiment."""
 
+import statistics
+
 import pytest
 import torch
 
 from tests.fits import CONFIGS
-from wd_lightning.cli import WeightDecayCLI
+from wd_lightning.cli import WeightDecayCLI, main
+from wd_lightning.plots import read_table
 
 SHIPPED = sorted(CONFIGS.glob("*.yaml"))
+# Sweep configs hold the grid (weight_decays, seeds) on top of a fit's sections.
+SWEEPS = [path for path in SHIPPED if "weight_decays:" in path.read_text()]
+FITS = [path for path in SHIPPED if path not in SWEEPS]
 QUIET = [
     "--trainer.logger", "false",
     "--trainer.enable_checkpointing", "false",
@@ -16,10 +22,11 @@ QUIET = [
 
 
 def test_configs_are_shipped():
-    assert {path.name for path in SHIPPED} >= {"d2l_no_decay.yaml", "d2l_weight_decay.yaml"}
+    assert {path.name for path in FITS} >= {"d2l_no_decay.yaml", "d2l_weight_decay.yaml"}
+    assert {path.name for path in SWEEPS} == {"sweep.yaml", "ucurve.yaml"}
 
 
-@pytest.mark.parametrize("config", SHIPPED, ids=lambda path: path.name)
+@pytest.mark.parametrize("config", FITS, ids=lambda path: path.name)
 def test_config_parses_and_instantiates(config):
     cli = WeightDecayCLI(args=["--config", str(config)], run=False)
     optimizer = cli.model.configure_optimizers()
@@ -63,3 +70,54 @@ def test_mlp_classifier_example_learns(tmp_path):
     assert isinstance(cli.trainer.optimizers[0], torch.optim.AdamW)
     assert groups[0]["param_names"] == ["layers.0.weight", "layers.3.weight", "layers.6.weight"]
     assert cli.trainer.callback_metrics["val/accuracy"] > 0.6  # chance is 1/3
+
+
+@pytest.mark.parametrize("config", SWEEPS, ids=lambda path: path.name)
+def test_sweep_config_parses(config, capsys):
+    with pytest.raises(SystemExit) as exited:
+        main(["sweep", "--config", str(config), "--print_config"])
+    assert exited.value.code == 0
+    printed = capsys.readouterr().out
+    assert "weight_decays:" in printed and "wd_lightning.LinearRegression" in printed
+    assert "#" in config.read_text(), "shipped configs are commented"
+
+
+def _sweep(config: str, tmp_path) -> dict[float, list[dict]]:
+    """The shipped sweep's summary rows, by λ."""
+    output_dir = tmp_path / "sweep"
+    main(["sweep", "--config", str(CONFIGS / config), "--output_dir", str(output_dir)])
+    assert len(list((output_dir / "figures").glob("*.png"))) == 3
+    by_weight_decay: dict[float, list[dict]] = {}
+    for row in read_table(output_dir / "summary.csv"):
+        by_weight_decay.setdefault(row["weight_decay"], []).append(row)
+    return by_weight_decay
+
+
+def _median(rows: list[dict], column: str) -> float:
+    return statistics.median(row[column] for row in rows)
+
+
+@pytest.mark.slow
+def test_book_sweep_reproduces_the_article_and_marks_divergence(tmp_path):
+    rows = _sweep("sweep.yaml", tmp_path)
+    assert len(rows) >= 12 and all(len(members) == 5 for members in rows.values())
+    assert 12 <= _median(rows[0], "weight_norm") <= 15.5
+    assert 0.33 <= _median(rows[3], "weight_norm") <= 0.42
+    assert _median(rows[0], "val_loss") / _median(rows[3], "val_loss") > 300
+    assert all(row["status"] == "diverged" for row in rows[1000])
+    assert all(row["status"] == "ok" for wd, members in rows.items() if wd < 1000 for row in members)
+    # λ = 3 ends about 10·‖w*‖ from the ridge optimum: mostly decayed initial weights.
+    assert 5 < _median(rows[3], "weight_norm") / _median(rows[3], "ridge_weight_norm") < 20
+    assert _median(rows[3], "null_space_norm") > 0.8 * _median(rows[3], "weight_norm")
+
+
+@pytest.mark.slow
+def test_ucurve_sweep_has_a_u_shaped_held_out_loss(tmp_path):
+    rows = _sweep("ucurve.yaml", tmp_path)
+    held_out = {wd: _median(members, "val_loss") for wd, members in sorted(rows.items())}
+    best = min(held_out, key=held_out.get)
+    smallest, largest = min(held_out), max(held_out)
+    assert smallest < best < largest
+    assert held_out[smallest] > 2 * held_out[best] and held_out[largest] > 1.2 * held_out[best]
+    ridge = {wd: members[0]["ridge_val_loss"] for wd, members in rows.items()}
+    assert ridge[smallest] > 2 * min(ridge.values()) and ridge[largest] > min(ridge.values())

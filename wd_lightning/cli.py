@@ -6,11 +6,12 @@ import os
 import re
 import sys
 import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from datetime import timedelta
 from pathlib import Path
 from typing import Any, NoReturn
 
+from jsonargparse import ArgumentParser, Namespace
 from jsonargparse._deprecated import JsonargparseDeprecationWarning
 from lightning.pytorch import LightningDataModule, LightningModule, Trainer
 from lightning.pytorch.callbacks import ModelCheckpoint
@@ -131,7 +132,9 @@ class WeightDecayCLI(LightningCLI):
         )
 
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
-        parser.add_lightning_class_args(WeightNormMonitor, "weight_norm")
+        # A sweep logs its members' norms itself; the monitor is for single fits.
+        if not getattr(self, "_adding_sweep", False):
+            parser.add_lightning_class_args(WeightNormMonitor, "weight_norm")
         parser.set_defaults(
             {
                 "model": {"class_path": "wd_lightning.LinearRegression"},
@@ -164,9 +167,76 @@ class WeightDecayCLI(LightningCLI):
             kwargs.setdefault("callbacks", [*callbacks, default_checkpoint()])
         return super().instantiate_trainer(**kwargs)
 
+    # ------------------------------------------------------------------ sweep
+    def _add_subcommands(self, parser: LightningArgumentParser, **kwargs: Any) -> None:
+        super()._add_subcommands(parser, **kwargs)
+        description = "Train a λ × seed grid in one vectorised fit and compare it with ridge."
+        self._adding_sweep = True
+        try:
+            sweep_parser = self.init_parser(description=description)
+            self._add_arguments(sweep_parser)
+        finally:
+            self._adding_sweep = False
+        add_sweep_arguments(sweep_parser)
+        self._subcommand_parsers["sweep"] = sweep_parser
+        self._subcommand_method_arguments["sweep"] = {}
+        parser._subcommands_action.add_subcommand("sweep", sweep_parser, help=description)
+        # Listed here for --help; ``main`` runs it before this parser is built.
+        parser._subcommands_action.add_subcommand(
+            "plot", ArgumentParser(), help="Draw a sweep's figures (see 'plot --help')."
+        )
+
+    def _run_subcommand(self, subcommand: str) -> None:
+        if subcommand == "sweep":
+            self.sweep()
+        else:
+            super()._run_subcommand(subcommand)
+
+    def sweep(self) -> None:
+        """Run ``sweep``: every (λ, seed) member of the grid, then the summary and figures."""
+        # Imported here: fit, validate and test never need the sweep's modules.
+        from wd_lightning.sweep import run_sweep
+
+        config, trainer_config = self.config["sweep"], self.config_init["sweep"]["trainer"]
+        try:
+            result = run_sweep(
+                model_builder(config["model"]),
+                self.datamodule,
+                weight_decays=config["weight_decays"],
+                seeds=config["seeds"],
+                output_dir=config["output_dir"],
+                trainer_kwargs=dict(trainer_config),
+                overwrite=config["overwrite"],
+            )
+        except ValueError as error:
+            # Building a member from the config wraps the model's own errors.
+            invalid = _find_cause(error, InvalidArgumentError)
+            if invalid is None:
+                raise
+            raise InvalidArgumentError(
+                self._option_name(invalid.argument), invalid.value, invalid.allowed
+            ) from None
+        self._parser("sweep").save(
+            config, result.output_dir / "config.yaml", skip_none=False, overwrite=True
+        )
+        print(result.table())
+        if config["plot"]:
+            from wd_lightning.plots import write_figures
+
+            for path in write_figures(result.output_dir):
+                print(f"figure: {path}")
+        runs = result.output_dir / "runs"
+        print(f"summary: {result.output_dir / 'summary.csv'}  (view: tensorboard --logdir {runs})")
+
     def instantiate_classes(self) -> None:
         try:
-            super().instantiate_classes()
+            if self.subcommand == "sweep":
+                # Instantiated once to check the config; each member is built anew.
+                self.config_init = self.parser.instantiate_classes(self.config)
+                self.datamodule = self._get(self.config_init, "data")
+                self.model = self._get(self.config_init, "model")
+            else:
+                super().instantiate_classes()
         except ValueError as error:
             invalid = _find_cause(error, InvalidArgumentError)
             if invalid is None:
@@ -179,6 +249,8 @@ class WeightDecayCLI(LightningCLI):
         """The command-line spelling of a constructor argument, e.g. ``--model.weight_decay``."""
         config = self.config.get(self.subcommand) if self.subcommand else self.config
         head = argument.split(".")[0]
+        if head in config or head == "trainer":
+            return f"--{argument}"
         # The data module comes first: an argument linked from the data is set there.
         for section in ("data", "model"):
             init_args = config.get(f"{section}.init_args")
@@ -191,6 +263,46 @@ class WeightDecayCLI(LightningCLI):
         summary = fit_summary(self.trainer)
         if self.trainer.is_global_zero:
             print(summary)
+
+
+def add_sweep_arguments(parser: ArgumentParser) -> None:
+    """The options ``sweep`` has beyond those of ``fit``."""
+    parser.add_argument(
+        "--weight_decays",
+        type=list[float],
+        default=[0.0, 3.0],
+        help="the λ values (replaces --model.weight_decay)",
+    )
+    parser.add_argument(
+        "--seeds",
+        type=list[int],
+        default=[0],
+        help="the seeds of the initial weights (replaces --seed_everything)",
+    )
+    parser.add_argument(
+        "--output_dir", type=str, default="sweep_logs", help="where runs, tables and figures go"
+    )
+    parser.add_argument(
+        "--overwrite", type=bool, default=False, help="replace an earlier sweep in --output_dir"
+    )
+    parser.add_argument("--plot", type=bool, default=True, help="also write the figures")
+
+
+def model_builder(model_config: Namespace) -> Callable[[float], LightningModule]:
+    """A function building the configured model with a given λ, as ``fit`` would build it."""
+    parser = ArgumentParser(exit_on_error=False)
+    parser.add_subclass_arguments(LightningModule, "model", required=True)
+
+    def build(weight_decay: float) -> LightningModule:
+        config = model_config.clone()
+        if "weight_decay" not in config.get("init_args", {}):
+            raise InvalidArgumentError(
+                "model", config.get("class_path"), "a model with a weight_decay argument"
+            )
+        config.init_args.weight_decay = weight_decay
+        return parser.instantiate_classes(Namespace(model=config)).model
+
+    return build
 
 
 def default_checkpoint() -> ModelCheckpoint:
@@ -239,6 +351,32 @@ def _find_cause(error: BaseException, kind: type[BaseException]) -> BaseExceptio
     return None
 
 
+def plot(args: Sequence[str]) -> None:
+    """Run ``plot``: draw the figures of an earlier sweep."""
+    parser = OneLineErrorParser(
+        prog=f"{PROG} plot",
+        description="Draw a sweep's figures into <output_dir>/figures/ (PNG).",
+    )
+    parser.add_argument(
+        "--output_dir", type=str, default="sweep_logs", help="the folder a sweep wrote"
+    )
+    parser.add_argument(
+        "--weight_decays_shown",
+        type=list[float] | None,
+        default=None,
+        help="λ values whose loss curves are drawn (default: 0 and 3, if swept)",
+    )
+    config = parser.parse_args(list(args))
+    from wd_lightning.plots import write_figures
+
+    try:
+        paths = write_figures(config.output_dir, config.weight_decays_shown)
+    except InvalidArgumentError as error:
+        raise InvalidArgumentError(f"--{error.argument}", error.value, error.allowed) from None
+    for path in paths:
+        print(f"figure: {path}")
+
+
 def main(args: Sequence[str] | None = None) -> None:
     """Run the CLI.
 
@@ -248,8 +386,13 @@ def main(args: Sequence[str] | None = None) -> None:
     # Lightning calls jsonargparse APIs that warn on every run; users cannot act on it.
     warnings.filterwarnings("ignore", category=JsonargparseDeprecationWarning)
     warnings.filterwarnings("ignore", message=r".*isinstance.treespec, LeafSpec.* is deprecated")
+    argv = list(sys.argv[1:] if args is None else args)
     try:
-        WeightDecayCLI(args=args)
+        if argv[:1] == ["plot"]:
+            plot(argv[1:])
+        else:
+            # args=None lets Lightning read sys.argv itself (it warns when given both).
+            WeightDecayCLI(args=None if args is None else argv)
     except InvalidArgumentError as error:
         print(f"{PROG}: error: {error}", file=sys.stderr)
         raise SystemExit(2) from None

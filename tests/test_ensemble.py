@@ -1,0 +1,119 @@
+"""The vectorised ensemble: each member steps exactly as its own module would."""
+
+import pytest
+import torch
+from torch import nn
+
+from wd_lightning import LinearRegression, WeightDecayModule
+from wd_lightning.ensemble import WeightDecayEnsemble
+from wd_lightning.errors import InvalidArgumentError
+from wd_lightning.models import MLP
+
+OPTIMIZERS = {
+    "sgd": lambda params: torch.optim.SGD(params, lr=0.05),
+    "sgd_momentum": lambda params: torch.optim.SGD(params, lr=0.05, momentum=0.9, nesterov=True),
+    "adam": lambda params: torch.optim.Adam(params, lr=0.01),
+    "adamw": lambda params: torch.optim.AdamW(params, lr=0.01),
+}
+
+
+def _members(optimizer, penalty="optimizer", weight_decays=(0.0, 0.5, 3.0)):
+    members = []
+    for index, weight_decay in enumerate(weight_decays):
+        torch.manual_seed(index)
+        members.append(
+            WeightDecayModule(
+                MLP(6, [5], 2, norm="layer"),
+                weight_decay=weight_decay,
+                optimizer=optimizer,
+                penalty=penalty,
+            )
+        )
+    return members
+
+
+def _batch(seed=0):
+    generator = torch.Generator().manual_seed(seed)
+    return torch.randn(7, 6, generator=generator), torch.randn(7, 2, generator=generator)
+
+
+def test_forward_is_every_members_forward():
+    members = _members(OPTIMIZERS["sgd"])
+    ensemble = WeightDecayEnsemble(members)
+    inputs, _ = _batch()
+    outputs = ensemble(inputs)
+    for index, member in enumerate(members):
+        torch.testing.assert_close(outputs[index], member(inputs))
+
+
+@pytest.mark.parametrize("name", list(OPTIMIZERS))
+@pytest.mark.parametrize("penalty", ["optimizer", "loss"])
+def test_three_steps_equal_each_members_own_optimizer(name, penalty):
+    members = _members(OPTIMIZERS[name], penalty)
+    ensemble = WeightDecayEnsemble(members)
+    ensemble_optimizer = ensemble.configure_optimizers()
+    ensemble.on_fit_start()
+    own = [member.configure_optimizers() for member in members]
+    for step in range(3):
+        inputs, targets = _batch(step)
+        ensemble_optimizer.zero_grad()
+        ensemble.member_losses(inputs, targets).sum().backward()
+        ensemble.on_before_optimizer_step(ensemble_optimizer)
+        ensemble_optimizer.step()
+        for member, optimizer in zip(members, own, strict=True):
+            optimizer.zero_grad()
+            loss = member.loss(member(inputs), targets)
+            if penalty == "loss":
+                loss = loss + member.penalty_term()
+            loss.backward()
+            optimizer.step()
+    for index, member in enumerate(members):
+        for name_, param in member.model.named_parameters():
+            stacked = ensemble.stacked_parameters()[name_][index]
+            torch.testing.assert_close(stacked, param.detach(), rtol=1e-5, atol=1e-6)
+    # Different λ led somewhere different: the comparison is not trivially true.
+    first, last = (ensemble.stacked_parameters()["layers.0.weight"][i] for i in (0, 2))
+    assert not torch.allclose(first, last)
+
+
+def test_decay_follows_each_members_groups():
+    ensemble = WeightDecayEnsemble(_members(OPTIMIZERS["sgd"]))
+    assert ensemble.decay_factors["layers.0.weight"].tolist() == [0.0, 0.5, 3.0]
+    assert ensemble.decay_factors["layers.0.bias"].tolist() == [0.0, 0.0, 0.0]
+    assert ensemble.decay_factors["layers.1.weight"].tolist() == [0.0, 0.0, 0.0]  # LayerNorm
+
+
+def test_a_non_finite_member_leaves_the_others_untouched():
+    members = [LinearRegression(num_inputs=3, weight_decay=wd) for wd in (0.0, 1.0)]
+    ensemble = WeightDecayEnsemble(members)
+    optimizer = ensemble.configure_optimizers()
+    ensemble.on_fit_start()
+    with torch.no_grad():
+        ensemble.stacked_parameters()["weight"][0].fill_(float("inf"))
+    inputs, targets = torch.randn(4, 3), torch.randn(4, 1)
+    losses = ensemble.member_losses(inputs, targets)
+    assert not torch.isfinite(losses[0]) and torch.isfinite(losses[1])
+    before = ensemble.stacked_parameters()["weight"][1].detach().clone()
+    torch.where(torch.isfinite(losses), losses, torch.zeros_like(losses)).sum().backward()
+    ensemble.on_before_optimizer_step(optimizer)
+    optimizer.step()
+    after = ensemble.stacked_parameters()["weight"][1]
+    assert torch.isfinite(after).all() and not torch.equal(after, before)
+
+
+def test_an_optimizer_with_per_tensor_statistics_is_refused():
+    # Adafactor factors its second moment per row and column of each tensor.
+    members = _members(lambda params: torch.optim.Adafactor(params, lr=0.01))
+    with pytest.raises(InvalidArgumentError, match="element-wise optimizer"):
+        WeightDecayEnsemble(members).configure_optimizers()
+
+
+def test_members_of_different_shapes_are_refused():
+    members = [WeightDecayModule(nn.Linear(3, 1)), WeightDecayModule(nn.Linear(4, 1))]
+    with pytest.raises(InvalidArgumentError, match=r"members\[1\].weight"):
+        WeightDecayEnsemble(members)
+
+
+def test_no_members_is_refused():
+    with pytest.raises(InvalidArgumentError, match="members"):
+        WeightDecayEnsemble([])

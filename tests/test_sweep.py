@@ -1,0 +1,192 @@
+"""``sweep``: a vectorised grid whose every member is the fit it stands for."""
+
+import csv
+import math
+import re
+
+import pytest
+
+from wd_lightning.cli import main
+from wd_lightning.errors import InvalidArgumentError
+from wd_lightning.plots import read_table
+from wd_lightning.sweep import SUMMARY_COLUMNS, sweep_members
+from wd_lightning.tensorboard import read_scalars
+
+QUIET = ["--trainer.enable_progress_bar", "false"]
+COMPARED_TAGS = ("train/loss", "val/loss", "weight_norm/decay", "weight_norm/no_decay")
+
+
+def _sweep(tmp_path, weight_decays, seeds, *extra, name="sweep"):
+    output_dir = tmp_path / name
+    main(
+        [
+            "sweep",
+            "--weight_decays", str(list(weight_decays)),
+            "--seeds", str(list(seeds)),
+            "--output_dir", str(output_dir),
+            "--plot", "false",
+            *QUIET,
+            *extra,
+        ]
+    )  # fmt: skip
+    return output_dir
+
+
+def _fit(tmp_path, weight_decay, seed, *extra):
+    root = tmp_path / f"fit_wd{weight_decay}_seed{seed}"
+    main(
+        [
+            "fit",
+            "--model.weight_decay", str(weight_decay),
+            "--seed_everything", str(seed),
+            "--trainer.default_root_dir", str(root),
+            "--trainer.enable_checkpointing", "false",
+            *QUIET,
+            *extra,
+        ]
+    )  # fmt: skip
+    return read_scalars(root / "lightning_logs" / "version_0")
+
+
+def _row(output_dir, weight_decay, seed):
+    rows = read_table(output_dir / "summary.csv")
+    return next(r for r in rows if r["weight_decay"] == weight_decay and r["seed"] == seed)
+
+
+def _close(ours: float, theirs: float) -> bool:
+    # Float32 rounding: ~1e-7 relative in the weights (measured), while a
+    # residual xᵀw + b − y with ‖w‖ ≈ 14 carries ~1e-6 of absolute rounding, so
+    # small losses get an absolute allowance of that size.
+    return math.isclose(ours, theirs, rel_tol=2e-5, abs_tol=1e-6)
+
+
+def _assert_member_equals_fit(output_dir, weight_decay, seed, fit_scalars):
+    run = read_scalars(output_dir / "runs" / f"wd={weight_decay:g}_seed={seed}")
+    for tag in COMPARED_TAGS:
+        steps = [step for step, _ in fit_scalars[tag]]
+        assert [step for step, _ in run[tag]] == steps, tag
+        for (_, ours), (_, theirs) in zip(run[tag], fit_scalars[tag], strict=True):
+            assert _close(ours, theirs), (tag, ours, theirs)
+    row = _row(output_dir, weight_decay, seed)
+    assert row["status"] == "ok"
+    for column, tag in [
+        ("train_loss", "train/loss"),
+        ("val_loss", "val/loss"),
+        ("weight_norm", "weight_norm/decay"),
+        ("total_weight_norm", "weight_norm/total"),
+    ]:
+        assert _close(row[column], fit_scalars[tag][-1][1]), column
+
+
+@pytest.mark.slow
+def test_every_member_equals_a_separate_fit_of_the_book(tmp_path):
+    output_dir = _sweep(tmp_path, [0, 3], [0, 1])
+    for weight_decay, seed in [(3, 1), (0, 0)]:
+        _assert_member_equals_fit(output_dir, weight_decay, seed, _fit(tmp_path, weight_decay, seed))
+    # The comparison can tell members apart: λ = 3 with seed 0 is not the seed-1 fit.
+    other = _row(output_dir, 3, 0)
+    assert not math.isclose(other["weight_norm"], _row(output_dir, 3, 1)["weight_norm"], rel_tol=1e-3)
+    assert _row(output_dir, 3, 1)["steps"] == 400
+
+
+@pytest.mark.parametrize(
+    "options",
+    [
+        ["--model.optimizer", "torch.optim.AdamW", "--model.optimizer.lr", "0.01"],
+        ["--model.optimizer", "torch.optim.Adam", "--model.optimizer.lr", "0.01"],
+        ["--model.penalty", "loss", "--model.optimizer.momentum", "0.9"],
+    ],
+    ids=["adamw-decoupled", "adam-coupled", "sgd-momentum-penalty-in-loss"],
+)
+def test_members_equal_fits_with_other_optimizers(tmp_path, options):
+    epochs = ["--trainer.max_epochs", "10"]
+    output_dir = _sweep(tmp_path, [0.5, 3], [2], *epochs, *options)
+    _assert_member_equals_fit(output_dir, 3, 2, _fit(tmp_path, 3, 2, *epochs, *options))
+
+
+def test_a_diverging_member_is_marked_and_the_others_finish(tmp_path, capsys):
+    output_dir = _sweep(tmp_path, [3, 1000], [0], "--trainer.max_epochs", "20")
+    diverged, fine = _row(output_dir, 1000, 0), _row(output_dir, 3, 0)
+    assert diverged["status"] == "diverged" and math.isnan(diverged["val_loss"])
+    assert fine["status"] == "ok" and fine["steps"] == 80 and math.isfinite(fine["val_loss"])
+    alone = _row(_sweep(tmp_path, [3], [0], "--trainer.max_epochs", "20", name="alone"), 3, 0)
+    assert math.isclose(fine["weight_norm"], alone["weight_norm"], rel_tol=1e-6)
+    assert "diverged" in capsys.readouterr().out
+    # A fit of the diverging λ stops at the very step the sweep recorded.
+    with pytest.raises(SystemExit) as exited:
+        _fit(tmp_path, 1000, 0, "--trainer.max_epochs", "20")
+    assert exited.value.code == 1
+    step = re.search(r"diverged at step (\d+)", capsys.readouterr().err)
+    assert step and int(step.group(1)) == diverged["diverged_at_step"]
+
+
+def test_outputs_one_run_per_member_and_the_tables(tmp_path, capsys):
+    output_dir = _sweep(tmp_path, [0, 3], [0, 1], "--trainer.max_epochs", "3")
+    assert sorted(p.name for p in (output_dir / "runs").iterdir()) == [
+        "wd=0_seed=0",
+        "wd=0_seed=1",
+        "wd=3_seed=0",
+        "wd=3_seed=1",
+    ]
+    with (output_dir / "summary.csv").open() as handle:
+        header = next(csv.reader(handle))
+    assert tuple(header) == SUMMARY_COLUMNS
+    rows = read_table(output_dir / "summary.csv")
+    assert [(r["weight_decay"], r["seed"]) for r in rows] == [(0, 0), (0, 1), (3, 0), (3, 1)]
+    assert all(r["ridge_weight_norm"] > 0 and r["distance_to_ridge"] > 0 for r in rows)
+    curves = read_table(output_dir / "curves.csv")
+    assert len(curves) == 4 * 3 and {c["epoch"] for c in curves} == {0, 1, 2}
+    assert (output_dir / "ridge_curve.csv").exists() and (output_dir / "config.yaml").exists()
+    out = capsys.readouterr().out
+    assert "‖w*‖" in out and "summary.csv" in out
+    hparams = read_scalars(output_dir / "runs" / "wd=3_seed=1")
+    assert {"hp/val_loss", "hp/weight_norm"} <= set(hparams)
+
+
+def test_the_sweep_reports_the_null_space_prediction(tmp_path):
+    output_dir = _sweep(tmp_path, [3], [0], "--trainer.max_epochs", "10")
+    row = _row(output_dir, 3, 0)
+    assert math.isclose(row["null_space_norm"], row["predicted_null_space_norm"], rel_tol=1e-5)
+    norm = math.hypot(row["null_space_norm"], row["row_space_norm"])
+    assert math.isclose(norm, row["weight_norm"], rel_tol=1e-5)
+
+
+def test_an_earlier_sweep_is_not_overwritten_unless_asked(tmp_path, capsys):
+    _sweep(tmp_path, [3], [0], "--trainer.max_epochs", "1")
+    with pytest.raises(SystemExit) as exited:
+        _sweep(tmp_path, [3], [0], "--trainer.max_epochs", "1")
+    assert exited.value.code == 2
+    assert "--output_dir" in capsys.readouterr().err
+    output_dir = _sweep(tmp_path, [2], [0], "--trainer.max_epochs", "1", "--overwrite", "true")
+    assert [p.name for p in (output_dir / "runs").iterdir()] == ["wd=2_seed=0"]
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--weight_decays", "[-1]"], "--weight_decays=-1.0 is not allowed"),
+        (["--weight_decays", "[]"], "--weight_decays=[] is not allowed"),
+        (["--weight_decays", "[3, 3]"], "distinct values"),
+        (["--seeds", "[-2]"], "--seeds=-2 is not allowed"),
+        (["--weight_decays", "[abc]"], "--weight_decays"),
+        (["--trainer.devices", "2", "--trainer.accelerator", "cpu"], "--trainer.devices"),
+        (["--trainer.gradient_clip_val", "1.0"], "--trainer.gradient_clip_algorithm"),
+    ],
+)
+def test_bad_sweep_options_get_one_line(tmp_path, monkeypatch, capsys, args, message):
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(SystemExit) as exited:
+        main(["sweep", "--plot", "false", *args])
+    assert exited.value.code == 2
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err
+    assert not (tmp_path / "sweep_logs" / "runs").exists()
+
+
+def test_sweep_members_are_lambda_major_and_checked():
+    members = sweep_members([0, 3], [1, 2])
+    assert [(m.weight_decay, m.seed) for m in members] == [(0, 1), (0, 2), (3, 1), (3, 2)]
+    with pytest.raises(InvalidArgumentError, match="seeds"):
+        sweep_members([1.0], [True])
+    with pytest.raises(InvalidArgumentError, match="weight_decays"):
+        sweep_members([float("nan")], [0])

@@ -1,0 +1,349 @@
+"""Train many copies of one model at once, each with its own λ: a vectorised ensemble.
+
+The members of a λ × seed sweep share the data, the batches and the
+architecture; they differ in their initial weights and in λ. So instead of
+``M`` fits, the ensemble keeps every parameter as one tensor with a leading
+member dimension, runs the model over all members with ``torch.func.vmap``,
+and steps one optimizer over the stacked tensors. That is exact for
+element-wise optimizers (SGD, Adam and their relatives): each element of a
+stacked tensor follows the same update it would in a fit of its own. λ is the
+only per-member setting; it is applied in :meth:`on_before_optimizer_step`,
+the way torch applies ``weight_decay``:
+
+* coupled (SGD, Adam, ..., and ``penalty="loss"``): ``grad += λ·w``;
+* decoupled (AdamW, ``decoupled_weight_decay=True``): ``w *= 1 − lr·λ``.
+
+Members never mix: the summed loss gives each its own gradient, and a member
+whose loss turns non-finite is recorded as diverged and dropped from the sum
+while the others train on.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from lightning.pytorch import LightningModule
+from torch import Tensor, nn
+from torch.optim import Optimizer
+
+from wd_lightning.cadence import logged_step, logs_this_step
+from wd_lightning.errors import InvalidArgumentError
+from wd_lightning.module import HalfMSELoss, WeightDecayModule
+
+__all__ = ["ELEMENTWISE_OPTIMIZERS", "EnsembleRecord", "WeightDecayEnsemble"]
+
+#: Optimizers whose update of each element depends on that element alone (plus
+#: the step count), so that stacking members into one tensor changes nothing.
+#: Optimizers with per-tensor statistics (LBFGS, Adafactor, Muon, ...) are not.
+ELEMENTWISE_OPTIMIZERS = (
+    "SGD",
+    "Adam",
+    "AdamW",
+    "Adamax",
+    "NAdam",
+    "RAdam",
+    "RMSprop",
+    "Adagrad",
+    "Adadelta",
+)
+
+
+@dataclass
+class EnsembleRecord:
+    """What the members did, as ``(epoch, step, values)`` points with one value per member.
+
+    ``train_loss`` is each epoch's mean training loss over its batches (before
+    each step, as logged); ``val_loss`` the held-out loss at each validation;
+    ``last_train_loss`` the last ``train/loss`` written to the logs.
+    """
+
+    train_loss: list[tuple[int, int, Tensor]] = field(default_factory=list)
+    val_loss: list[tuple[int, int, Tensor]] = field(default_factory=list)
+    last_train_loss: Tensor | None = None
+
+
+class WeightDecayEnsemble(LightningModule):
+    """``M`` copies of a :class:`~wd_lightning.WeightDecayModule`, trained as one.
+
+    ``members[i]`` must be built from the same configuration as the others, so
+    that their models have the same parameter names and shapes; they may
+    differ in initial values and in λ (``weight_decay``). Each member's
+    parameter groups, learning rates and λ are taken from its own
+    ``param_groups_report``.
+
+    Logged per member, through ``writers[i]`` (an object with
+    ``add_scalars(values, step)``, e.g. :class:`~wd_lightning.tensorboard.RunWriter`),
+    with the tags and steps a fit of that member writes: ``train/loss``,
+    ``val/loss`` and ``weight_norm/<group>`` / ``weight_norm/total``.
+
+    Args:
+        members: the modules to train together (at least one).
+        writers: one writer per member, or ``None`` to log nothing.
+
+    Example:
+        >>> import torch
+        >>> from torch import nn
+        >>> from wd_lightning import WeightDecayModule
+        >>> members = [WeightDecayModule(nn.Linear(3, 1), weight_decay=wd) for wd in (0.0, 1.0)]
+        >>> ensemble = WeightDecayEnsemble(members)
+        >>> ensemble(torch.zeros(4, 3)).shape  # (members, batch, outputs)
+        torch.Size([2, 4, 1])
+        >>> ensemble.decay_factors["weight"].tolist(), ensemble.decay_factors["bias"].tolist()
+        ([0.0, 1.0], [0.0, 0.0])
+    """
+
+    def __init__(self, members: Sequence[WeightDecayModule], writers: Sequence[Any] | None = None):
+        super().__init__()
+        if not members:
+            raise InvalidArgumentError("members", [], "at least one WeightDecayModule")
+        if writers is not None and len(writers) != len(members):
+            raise InvalidArgumentError("writers", len(writers), f"{len(members)}, one per member")
+        template = members[0]
+        self.num_members = len(members)
+        self.writers = list(writers) if writers is not None else None
+        # The template's modules run the maths; they are kept out of this module's
+        # state so that only the stacked tensors are parameters.
+        object.__setattr__(self, "_skeleton", template.model)
+        object.__setattr__(self, "_loss", template.loss)
+        object.__setattr__(self, "_template", template)
+
+        self.param_names = [name for name, _ in template.model.named_parameters()]
+        self.buffer_names = [name for name, _ in template.model.named_buffers()]
+        self.stacked = nn.ParameterList(
+            [
+                nn.Parameter(
+                    _stack(members, name, "parameter"),
+                    requires_grad=template.model.get_parameter(name).requires_grad,
+                )
+                for name in self.param_names
+            ]
+        )
+        for index, name in enumerate(self.buffer_names):
+            self.register_buffer(f"stacked_buffer_{index}", _stack(members, name, "buffer"))
+
+        self.groups = self._group_names(template)
+        self.decay_factors = {
+            name: torch.tensor([_decay_of(member, name) for member in members], dtype=torch.float64)
+            for name in self._trainable_names()
+        }
+        self.register_buffer("alive", torch.ones(self.num_members, dtype=torch.bool))
+        self.register_buffer("diverged_at", torch.full((self.num_members,), -1))
+        self.record = EnsembleRecord()
+        self._epoch_loss_sum: Tensor | None = None
+        self._epoch_batches = 0
+        self._val_sum: Tensor | None = None
+        self._val_count = 0
+        self._coupled = True
+
+    # ------------------------------------------------------------ structure
+    def _trainable_names(self) -> list[str]:
+        return [n for n, p in zip(self.param_names, self.stacked, strict=True) if p.requires_grad]
+
+    def _group_names(self, template: WeightDecayModule) -> dict[str, list[str]]:
+        report = template.param_groups_report
+        groups: dict[str, list[str]] = {group["name"]: [] for group in report.groups}
+        for decision in report.decisions:
+            groups[decision.group].append(decision.name)
+        return groups
+
+    def stacked_parameters(self) -> dict[str, Tensor]:
+        """Every parameter of the model by name, with the member dimension first."""
+        return dict(zip(self.param_names, self.stacked, strict=True))
+
+    def stacked_buffers(self) -> dict[str, Tensor]:
+        """Every buffer of the model by name, with the member dimension first."""
+        return {
+            name: getattr(self, f"stacked_buffer_{index}")
+            for index, name in enumerate(self.buffer_names)
+        }
+
+    def member_state(self, index: int) -> dict[str, Tensor]:
+        """Member ``index``'s parameters and buffers, as its model's ``state_dict`` would hold."""
+        state = {name: p[index].detach() for name, p in self.stacked_parameters().items()}
+        state.update({name: b[index] for name, b in self.stacked_buffers().items()})
+        return state
+
+    # -------------------------------------------------------------- forward
+    def forward(self, inputs: Tensor) -> Tensor:
+        """The predictions of every member for one batch: ``(members, *model output)``."""
+        params = self.stacked_parameters()
+        if type(self._skeleton) is nn.Linear:
+            # A stack of Linear layers is one batched matmul; vmap would get there slower.
+            weight, bias = params["weight"], params.get("bias")
+            outputs = torch.matmul(inputs, weight.transpose(1, 2))
+            return outputs if bias is None else outputs + bias.unsqueeze(1)
+
+        def member_forward(params: dict, buffers: dict, batch: Tensor) -> Tensor:
+            return torch.func.functional_call(self._skeleton, (params, buffers), (batch,))
+
+        return torch.func.vmap(member_forward, in_dims=(0, 0, None), randomness="different")(
+            params, self.stacked_buffers(), inputs
+        )
+
+    def member_losses(self, inputs: Tensor, targets: Tensor) -> Tensor:
+        """The loss of every member on one batch, shape ``(members,)``."""
+        predictions = self(inputs)
+        if type(self._loss) is HalfMSELoss:
+            # The same ½·mean((ŷ − y)²), for all members in one expression.
+            return 0.5 * (predictions - targets).square().flatten(1).mean(1)
+        return torch.func.vmap(self._loss, in_dims=(0, None))(predictions, targets)
+
+    # ------------------------------------------------------------ optimizer
+    def configure_optimizers(self) -> Any:
+        template = self._template
+        report_groups = {group["name"]: group for group in template.param_groups_report.groups}
+        params = self.stacked_parameters()
+        groups = [
+            {
+                **{k: v for k, v in report_groups[name].items() if k != "params"},
+                "params": [params[p] for p in names],
+                # λ differs between members: applied per member in on_before_optimizer_step.
+                "weight_decay": 0.0,
+            }
+            for name, names in self.groups.items()
+        ]
+        optimizer = template.optimizer_factory(groups)
+        kind = type(optimizer).__name__
+        if kind not in ELEMENTWISE_OPTIMIZERS:
+            raise InvalidArgumentError(
+                "optimizer", kind, "an element-wise optimizer: " + ", ".join(ELEMENTWISE_OPTIMIZERS)
+            )
+        self._coupled = template.penalty == "loss" or not optimizer.defaults.get(
+            "decoupled_weight_decay", False
+        )
+        if template.lr_scheduler_factory is None:
+            return optimizer
+        return {"optimizer": optimizer, "lr_scheduler": template.lr_scheduler_factory(optimizer)}
+
+    def on_fit_start(self) -> None:
+        # Per-member λ shaped to broadcast over each stacked parameter, kept in
+        # float64 so that 1 − lr·λ rounds as torch's own (double) arithmetic does.
+        params = self.stacked_parameters()
+        self._decay_plan = {
+            id(params[name]): factors.to(params[name].device).view(
+                -1, *([1] * (params[name].ndim - 1))
+            )
+            for name, factors in self.decay_factors.items()
+            if factors.any()
+        }
+
+    @torch.no_grad()
+    def on_before_optimizer_step(self, optimizer: Optimizer) -> None:
+        # Norms are of the weights the step starts from, as the weight-norm monitor logs them.
+        if self.writers is not None and logs_this_step(self.trainer):
+            self._write(self.weight_norms(), logged_step(self.trainer))
+        for group in optimizer.param_groups:
+            for param in group["params"]:
+                factors = self._decay_plan.get(id(param))
+                if factors is None:
+                    continue
+                if self._coupled:  # what torch does first: grad ← grad + λ·w
+                    if param.grad is not None:
+                        param.grad.addcmul_(factors.to(param.dtype), param)
+                else:  # decoupled: w ← (1 − lr·λ)·w, independent of the gradient step
+                    param.mul_((1 - group["lr"] * factors).to(param.dtype))
+
+    # ---------------------------------------------------------------- steps
+    def training_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor:
+        inputs, targets = batch
+        losses = self.member_losses(inputs, targets)
+        finite = torch.isfinite(losses)
+        self.diverged_at = torch.where(
+            self.alive & ~finite,
+            torch.full_like(self.diverged_at, self.global_step),
+            self.diverged_at,
+        )
+        self.alive = self.alive & finite
+        detached = torch.where(self.alive, losses.detach(), torch.nan)
+        if self._epoch_loss_sum is None:
+            self._epoch_loss_sum = torch.zeros_like(detached)
+        self._epoch_loss_sum = self._epoch_loss_sum + detached
+        self._epoch_batches += 1
+        if logs_this_step(self.trainer):
+            self.record.last_train_loss = detached
+            if self.writers is not None:
+                self._write({"train/loss": detached}, logged_step(self.trainer))
+        # A diverged member leaves the sum, so its non-finite loss cannot reach the others.
+        return torch.where(self.alive, losses, torch.zeros_like(losses)).sum()
+
+    def on_train_epoch_end(self) -> None:
+        if self._epoch_loss_sum is not None and self._epoch_batches:
+            mean = self._epoch_loss_sum / self._epoch_batches
+            self.record.train_loss.append((self.current_epoch, logged_step(self.trainer), mean))
+        self._epoch_loss_sum, self._epoch_batches = None, 0
+
+    def validation_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:
+        inputs, targets = batch
+        weighted = self.member_losses(inputs, targets).detach() * len(inputs)
+        self._val_sum = weighted if self._val_sum is None else self._val_sum + weighted
+        self._val_count += len(inputs)
+
+    def on_validation_epoch_end(self) -> None:
+        val_sum, count = self._val_sum, self._val_count
+        self._val_sum, self._val_count = None, 0
+        if self.trainer.sanity_checking or val_sum is None:
+            return
+        val_loss = torch.where(self.alive, val_sum / count, torch.nan)
+        step = logged_step(self.trainer)
+        self.record.val_loss.append((self.current_epoch, step, val_loss))
+        if self.writers is not None:
+            self._write({"val/loss": val_loss}, step)
+
+    def on_train_end(self) -> None:
+        if self.writers is not None:
+            self._write(self.weight_norms(), logged_step(self.trainer))
+
+    # -------------------------------------------------------------- figures
+    @torch.no_grad()
+    def weight_norms(self) -> dict[str, Tensor]:
+        """``weight_norm/<group>`` and ``weight_norm/total`` for every member, as ``(members,)``."""
+        params = self.stacked_parameters()
+        squares = {
+            name: params[name].detach().float().square().flatten(1).sum(1)
+            for name in self._trainable_names()
+        }
+        zero = torch.zeros(self.num_members, device=self.alive.device)
+        result = {
+            f"weight_norm/{group}": sum((squares[n] for n in names), zero).sqrt()
+            for group, names in self.groups.items()
+        }
+        result["weight_norm/total"] = sum(squares.values(), zero).sqrt()
+        return result
+
+    def _write(self, values: dict[str, Tensor], step: int) -> None:
+        # One host synchronisation for every member's values.
+        tags = list(values)
+        table = torch.stack([values[tag].float() for tag in tags], dim=1).tolist()
+        alive = self.alive.tolist()
+        for writer, row, is_alive in zip(self.writers, table, alive, strict=True):
+            if is_alive:
+                writer.add_scalars(dict(zip(tags, row, strict=True)), step)
+
+
+def _stack(members: Sequence[WeightDecayModule], name: str, kind: str) -> Tensor:
+    tensors = []
+    for index, member in enumerate(members):
+        model = member.model
+        try:
+            tensor = model.get_parameter(name) if kind == "parameter" else model.get_buffer(name)
+        except AttributeError:
+            raise InvalidArgumentError(
+                f"members[{index}]", type(model).__name__, f"a model with the {kind} {name!r}"
+            ) from None
+        if tensor.shape != tensors[0].shape if tensors else False:
+            raise InvalidArgumentError(
+                f"members[{index}].{name}",
+                tuple(tensor.shape),
+                f"the shape of members[0].{name}, {tuple(tensors[0].shape)}",
+            )
+        tensors.append(tensor.detach())
+    return torch.stack(tensors).clone()
+
+
+def _decay_of(member: WeightDecayModule, name: str) -> float:
+    report = member.param_groups_report
+    group = next(d.group for d in report.decisions if d.name == name)
+    return float(next(g["weight_decay"] for g in report.groups if g["name"] == group))

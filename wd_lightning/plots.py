@@ -1,0 +1,203 @@
+"""The book's figures, drawn from a sweep's tables: loss curves, held-out loss and ‖w‖ against λ.
+
+Reads ``summary.csv``, ``curves.csv`` and (if present) ``ridge_curve.csv``
+from a sweep's output folder and writes PNGs into its ``figures/`` folder.
+Losses and norms span several orders of magnitude, so every loss and norm
+axis is logarithmic (on a linear axis the book's effect is invisible), and λ
+is drawn on a symmetric-log axis so that λ = 0 has a place on it.
+"""
+
+from __future__ import annotations
+
+import csv
+import math
+import statistics
+from collections import defaultdict
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from wd_lightning.errors import InvalidArgumentError
+
+__all__ = ["read_table", "write_figures"]
+
+FIGURES = ("losses_vs_epoch.png", "val_loss_vs_weight_decay.png", "weight_norm_vs_weight_decay.png")
+
+
+def read_table(path: str | Path) -> list[dict[str, Any]]:
+    """A CSV written by the sweep, with numbers as floats or ints and empty cells as ``None``."""
+    with Path(path).open(newline="") as handle:
+        return [
+            {key: _parse(value) for key, value in row.items()} for row in csv.DictReader(handle)
+        ]
+
+
+def _parse(value: str) -> Any:
+    if value == "":
+        return None
+    for kind in (int, float):
+        try:
+            return kind(value)
+        except ValueError:
+            pass
+    return value
+
+
+def write_figures(
+    output_dir: str | Path, weight_decays_shown: Sequence[float] | None = None
+) -> list[Path]:
+    """Draw the sweep in ``output_dir`` into ``output_dir/figures/*.png``; returns the paths.
+
+    Args:
+        output_dir: a folder written by :func:`wd_lightning.sweep.run_sweep`.
+        weight_decays_shown: the λ values whose loss curves are drawn; by
+            default 0 and 3 (the article's pair) where swept, otherwise the
+            smallest and largest λ that trained without diverging.
+    """
+    output_dir = Path(output_dir)
+    tables = {name: output_dir / f"{name}.csv" for name in ("summary", "curves", "ridge_curve")}
+    for name in ("summary", "curves"):
+        if not tables[name].is_file():
+            raise InvalidArgumentError(
+                "output_dir", str(output_dir), f"a sweep's folder (it has no {name}.csv)"
+            )
+    # Imported here, with a file-only backend: drawing must work on machines without a display.
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    summary = read_table(tables["summary"])
+    curves = read_table(tables["curves"])
+    ridge = read_table(tables["ridge_curve"]) if tables["ridge_curve"].is_file() else []
+    shown = _shown(summary, weight_decays_shown)
+    folder = output_dir / "figures"
+    folder.mkdir(exist_ok=True)
+    paths = [folder / name for name in FIGURES]
+    figures = [
+        _loss_curves(plt, curves, shown),
+        _against_weight_decay(plt, summary, ridge, "val_loss", "held-out ½-loss"),
+        _against_weight_decay(plt, summary, ridge, "weight_norm", "‖w‖₂"),
+    ]
+    for figure, path in zip(figures, paths, strict=True):
+        figure.savefig(path, dpi=110)
+        plt.close(figure)
+    return paths
+
+
+def _shown(summary: list[dict[str, Any]], requested: Sequence[float] | None) -> list[float]:
+    trained = sorted({row["weight_decay"] for row in summary if row["status"] == "ok"})
+    if requested is not None:
+        missing = [wd for wd in requested if wd not in trained]
+        if missing:
+            raise InvalidArgumentError(
+                "weight_decays_shown", missing, f"λ values the sweep trained: {trained}"
+            )
+        return list(requested)
+    if not trained:
+        return []
+    if 0.0 in trained and 3.0 in trained:
+        return [0.0, 3.0]
+    return sorted({trained[0], trained[-1]})
+
+
+def _loss_curves(plt: Any, curves: list[dict[str, Any]], shown: list[float]) -> Any:
+    columns = max(len(shown), 1)
+    figure, axes = plt.subplots(1, columns, figsize=(4.6 * columns, 3.6), squeeze=False)
+    for axis, weight_decay in zip(axes[0], shown, strict=False):
+        by_seed: dict[int, list[dict[str, Any]]] = defaultdict(list)
+        for row in curves:
+            if row["weight_decay"] == weight_decay:
+                by_seed[row["seed"]].append(row)
+        for rank, (_, rows) in enumerate(sorted(by_seed.items())):
+            # The first seed drawn boldly, like the book's single run; the others faintly.
+            style = (
+                {"alpha": 1.0, "linewidth": 1.6} if rank == 0 else {"alpha": 0.25, "linewidth": 0.8}
+            )
+            for column, colour, label in (
+                ("train_loss", "tab:blue", "train"),
+                ("val_loss", "tab:orange", "held-out"),
+            ):
+                points = [(r["epoch"] + 1, r[column]) for r in rows if _positive(r[column])]
+                if points:
+                    epochs, values = zip(*points, strict=True)
+                    axis.plot(
+                        epochs, values, color=colour, label=label if rank == 0 else None, **style
+                    )
+        axis.set_yscale("log")
+        axis.set_xlabel("epoch")
+        axis.set_ylabel("½-loss")
+        axis.set_title(f"λ = {weight_decay:g} ({len(by_seed)} seeds)")
+        axis.grid(True, which="major", alpha=0.3)
+        axis.legend()
+    figure.tight_layout()
+    return figure
+
+
+def _against_weight_decay(
+    plt: Any, summary: list[dict[str, Any]], ridge: list[dict[str, Any]], column: str, label: str
+) -> Any:
+    figure, axis = plt.subplots(figsize=(6.4, 4.2))
+    by_wd: dict[float, list[float]] = defaultdict(list)
+    diverged = sorted({row["weight_decay"] for row in summary if row["status"] != "ok"})
+    for row in summary:
+        if row["status"] == "ok" and _positive(row[column]):
+            by_wd[row["weight_decay"]].append(row[column])
+    grid = sorted(by_wd)
+    seeds_x = [wd for wd in grid for _ in by_wd[wd]]
+    seeds_y = [value for wd in grid for value in by_wd[wd]]
+    axis.scatter(seeds_x, seeds_y, s=10, alpha=0.35, color="tab:blue", label="SGD, each seed")
+    axis.plot(
+        grid,
+        [statistics.median(by_wd[wd]) for wd in grid],
+        "o-",
+        color="tab:blue",
+        label="SGD after training, median",
+    )
+    ridge_column = f"ridge_{column}" if column != "weight_norm" else "ridge_weight_norm"
+    ridge_points = [
+        (r["weight_decay"], r[ridge_column]) for r in ridge if _positive(r[ridge_column])
+    ]
+    if ridge_points:
+        xs, ys = zip(*ridge_points, strict=True)
+        axis.plot(xs, ys, "--", color="black", label="closed-form ridge (converged)")
+    # Where each run would converge; at λ = 0 that depends on its initial weights.
+    limits = [
+        (row["weight_decay"], row[ridge_column]) for row in summary if row["weight_decay"] == 0
+    ]
+    limits = [(wd, value) for wd, value in limits if _positive(value)]
+    if limits:
+        xs, ys = zip(*limits, strict=True)
+        axis.scatter(xs, ys, marker="x", color="black", label="λ = 0 limit: interpolant nearest w₀")
+    if column == "weight_norm":
+        predicted: dict[float, list[float]] = defaultdict(list)
+        for row in summary:
+            if row["status"] == "ok" and _positive(row.get("predicted_null_space_norm")):
+                predicted[row["weight_decay"]].append(row["predicted_null_space_norm"])
+        if predicted:
+            xs = sorted(predicted)
+            axis.plot(
+                xs,
+                [statistics.median(predicted[wd]) for wd in xs],
+                ":",
+                color="tab:green",
+                linewidth=2,
+                label="(1 − ηλ)^T·‖P⊥w₀‖: decayed initial weights",
+            )
+    for weight_decay in diverged:
+        axis.axvline(weight_decay, color="tab:red", alpha=0.5, linestyle="-.")
+    if diverged:
+        axis.plot([], [], color="tab:red", linestyle="-.", label="diverged")
+    positive = [wd for wd in grid + diverged if wd > 0]
+    axis.set_xscale("symlog", linthresh=min(positive) if positive else 1.0)
+    axis.set_yscale("log")
+    axis.set_xlabel("λ (weight decay)")
+    axis.set_ylabel(label)
+    axis.grid(True, which="major", alpha=0.3)
+    axis.legend(fontsize=8)
+    figure.tight_layout()
+    return figure
+
+
+def _positive(value: Any) -> bool:
+    return isinstance(value, (int, float)) and math.isfinite(value) and value > 0
