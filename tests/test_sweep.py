@@ -82,10 +82,11 @@ def _assert_member_equals_fit(output_dir, weight_decay, seed, fit_scalars):
 def test_every_member_equals_a_separate_fit_of_the_book(tmp_path):
     output_dir = _sweep(tmp_path, [0, 3], [0, 1])
     for weight_decay, seed in [(3, 1), (0, 0)]:
-        _assert_member_equals_fit(output_dir, weight_decay, seed, _fit(tmp_path, weight_decay, seed))
+        fit = _fit(tmp_path, weight_decay, seed)
+        _assert_member_equals_fit(output_dir, weight_decay, seed, fit)
     # The comparison can tell members apart: λ = 3 with seed 0 is not the seed-1 fit.
-    other = _row(output_dir, 3, 0)
-    assert not math.isclose(other["weight_norm"], _row(output_dir, 3, 1)["weight_norm"], rel_tol=1e-3)
+    norms = [_row(output_dir, 3, seed)["weight_norm"] for seed in (0, 1)]
+    assert not math.isclose(*norms, rel_tol=1e-3)
     assert _row(output_dir, 3, 1)["steps"] == 400
 
 
