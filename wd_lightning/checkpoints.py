@@ -100,12 +100,14 @@ def read_checkpoint(
         # mmap needs torch's zip format; older-format files are read the ordinary way.
         checkpoint = torch.load(path, map_location="cpu", weights_only=weights_only, mmap=is_zip)
     except pickle.UnpicklingError as error:
+        # A real pickle naming a class is refused by name; other refusals ("Unsupported
+        # operand") are what any non-pickle file gives.
         unsafe = _UNSAFE_GLOBAL.search(str(error))
-        if weights_only and (unsafe or "Weights only load failed" in str(error)):
-            holds = f"it holds {unsafe.group(1)}" if unsafe else "it holds objects"
+        if weights_only and unsafe:
             raise refuse(
-                f"a checkpoint that loads with weights_only=True: {holds}, which safe loading "
-                "refuses; load it with weights_only=False only if you trust the file"
+                f"a checkpoint that loads with weights_only=True: it holds {unsafe.group(1)}, "
+                "which safe loading refuses; load it with weights_only=False only if you trust "
+                "the file"
             ) from None
         raise refuse(_NOT_TORCH_SAVE) from None
     except Exception:

@@ -42,6 +42,8 @@ _STRUCTURAL_PREFIXES = (
 _PARSER_KEY = re.compile(r'Parser key "([^"]+)":\s*(.*)')
 _NONE_ALTERNATIVE = re.compile(r"^- Expected a <class 'NoneType'>")
 _CLASS_REPR = re.compile(r"<class '([\w.]+)'>")
+_YAML_ERROR = "Problems parsing config:"
+_YAML_POSITION = re.compile(r"line (\d+), column (\d+)")
 
 
 def condense_parser_error(message: str) -> str:
@@ -57,6 +59,8 @@ def condense_parser_error(message: str) -> str:
         ... )
         '--model.weight_decay: Expected a float. Got value: abc'
     """
+    if message.startswith(_YAML_ERROR):
+        return _condense_yaml_error(message)
     keys: list[str] = []
     reason = ""
     for raw_line in message.splitlines():
@@ -70,8 +74,18 @@ def condense_parser_error(message: str) -> str:
         reason = line.lstrip("- ")
         break
     reason = _CLASS_REPR.sub(r"\1", reason or message.strip().splitlines()[0])
+    reason = re.sub(r"(?:a )?typing\.Literal\[", "one of [", reason)
     option = "--" + ".".join(key.replace(".init_args", "") for key in keys) if keys else ""
     return f"{option}: {reason}" if option else reason
+
+
+def _condense_yaml_error(message: str) -> str:
+    """PyYAML's report (context, problem, each with an "in <unicode string>" line) as one line."""
+    lines = [line.strip() for line in message.removeprefix(_YAML_ERROR).splitlines()]
+    problem = [line for line in lines if line and not line.startswith("in ")][-1]
+    positions = _YAML_POSITION.findall(message)
+    where = f" at line {positions[-1][0]}, column {positions[-1][1]}" if positions else ""
+    return f"--config: not valid YAML: {problem}{where}"
 
 
 class OneLineErrorParser(LightningArgumentParser):
