@@ -15,6 +15,8 @@ __version__ = "0.1.0"
 
 # public name → the module that defines it
 _EXPORTS = {
+    "BatchMismatchError": "wd_lightning.errors",
+    "CheckpointError": "wd_lightning.errors",
     "DecayRules": "wd_lightning.grouping",
     "GroupOverride": "wd_lightning.grouping",
     "HalfMSELoss": "wd_lightning.module",
@@ -33,6 +35,8 @@ _EXPORTS = {
 
 __all__ = [
     "MLP",
+    "BatchMismatchError",
+    "CheckpointError",
     "DecayRules",
     "GroupOverride",
     "HalfMSELoss",
@@ -52,7 +56,12 @@ __all__ = [
 if TYPE_CHECKING:
     from wd_lightning.callbacks import WeightNormMonitor
     from wd_lightning.data import SyntheticClassificationDataModule, SyntheticRegressionDataModule
-    from wd_lightning.errors import InvalidArgumentError, TrainingDivergedError
+    from wd_lightning.errors import (
+        BatchMismatchError,
+        CheckpointError,
+        InvalidArgumentError,
+        TrainingDivergedError,
+    )
     from wd_lightning.grouping import (
         DecayRules,
         GroupOverride,

@@ -17,9 +17,13 @@ from lightning.pytorch import LightningDataModule, LightningModule, Trainer
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 from lightning.pytorch.loggers import TensorBoardLogger
+from lightning.pytorch.utilities.exceptions import MisconfigurationException
+from lightning.pytorch.utilities.model_helpers import is_overridden
 
 from wd_lightning.callbacks import WeightNormMonitor
-from wd_lightning.errors import InvalidArgumentError, TrainingDivergedError
+from wd_lightning.checkpoints import check_state_dict, is_local_path, read_checkpoint
+from wd_lightning.errors import InvalidArgumentError, TrainerArgumentError, TrainingDivergedError
+from wd_lightning.rundir import discard_unstarted_run
 
 __all__ = ["WeightDecayCLI", "main"]
 
@@ -39,6 +43,8 @@ _STRUCTURAL_PREFIXES = (
 _PARSER_KEY = re.compile(r'Parser key "([^"]+)":\s*(.*)')
 _NONE_ALTERNATIVE = re.compile(r"^- Expected a <class 'NoneType'>")
 _CLASS_REPR = re.compile(r"<class '([\w.]+)'>")
+_YAML_ERROR = "Problems parsing config:"
+_YAML_POSITION = re.compile(r"line (\d+), column (\d+)")
 
 
 def condense_parser_error(message: str) -> str:
@@ -54,6 +60,8 @@ def condense_parser_error(message: str) -> str:
         ... )
         '--model.weight_decay: Expected a float. Got value: abc'
     """
+    if message.startswith(_YAML_ERROR):
+        return _condense_yaml_error(message)
     keys: list[str] = []
     reason = ""
     for raw_line in message.splitlines():
@@ -67,8 +75,18 @@ def condense_parser_error(message: str) -> str:
         reason = line.lstrip("- ")
         break
     reason = _CLASS_REPR.sub(r"\1", reason or message.strip().splitlines()[0])
+    reason = re.sub(r"(?:a )?typing\.Literal\[", "one of [", reason)
     option = "--" + ".".join(key.replace(".init_args", "") for key in keys) if keys else ""
     return f"{option}: {reason}" if option else reason
+
+
+def _condense_yaml_error(message: str) -> str:
+    """PyYAML's report (context, problem, each with an "in <unicode string>" line) as one line."""
+    lines = [line.strip() for line in message.removeprefix(_YAML_ERROR).splitlines()]
+    problem = [line for line in lines if line and not line.startswith("in ")][-1]
+    positions = _YAML_POSITION.findall(message)
+    where = f" at line {positions[-1][0]}, column {positions[-1][1]}" if positions else ""
+    return f"--config: not valid YAML: {problem}{where}"
 
 
 class OneLineErrorParser(LightningArgumentParser):
@@ -104,7 +122,11 @@ class WeightDecayCLI(LightningCLI):
       configurable as ``--weight_norm.*``;
     * the seed defaults to 0, so a run with no arguments is reproducible;
     * Lightning's model summary is off (the parameter-group report replaces
-      it), and checkpoints follow :func:`default_checkpoint`.
+      it), and checkpoints follow :func:`default_checkpoint`;
+    * ``--ckpt_path`` is checked before anything is built: a missing,
+      truncated or foreign file, or a checkpoint of another model, is a
+      one-line :class:`~wd_lightning.errors.CheckpointError`;
+    * a run that fails before its first optimizer step leaves no run directory.
     """
 
     def __init__(self, args: Sequence[str] | None = None, **kwargs) -> None:
@@ -120,16 +142,34 @@ class WeightDecayCLI(LightningCLI):
                 "enable_model_summary": False,
             },
         )
-        super().__init__(
-            model_class=LightningModule,
-            datamodule_class=LightningDataModule,
-            subclass_mode_model=True,
-            subclass_mode_data=True,
-            auto_configure_optimizers=False,
-            parser_class=OneLineErrorParser,
-            args=args,
-            **kwargs,
-        )
+        self._start_step = 0  # the global step the run starts from: the checkpoint's, or 0
+        self._checkpoint_state: dict[str, Any] | None = None
+        try:
+            super().__init__(
+                model_class=LightningModule,
+                datamodule_class=LightningDataModule,
+                subclass_mode_model=True,
+                subclass_mode_data=True,
+                auto_configure_optimizers=False,
+                parser_class=OneLineErrorParser,
+                args=args,
+                **kwargs,
+            )
+        except BaseException:
+            discard_unstarted_run(getattr(self, "trainer", None), self._start_step)
+            raise
+
+    def parse_arguments(self, parser: LightningArgumentParser, args: Any) -> None:
+        super().parse_arguments(parser, args)
+        subcommand = self.config.get("subcommand")
+        path = self.config[subcommand].get("ckpt_path") if subcommand else None
+        if is_local_path(path):
+            # Lightning reads the file's hyper-parameters next, and the trainer restores
+            # it only after creating the run directory; torch's errors on the way are
+            # tracebacks about zip archives and pickle opcodes.
+            checkpoint = read_checkpoint(path, "--ckpt_path")
+            self._start_step = int(checkpoint.get("global_step", 0))
+            self._checkpoint_state = checkpoint["state_dict"]
 
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
         # A sweep logs its members' norms itself; the monitor is for single fits.
@@ -244,6 +284,22 @@ class WeightDecayCLI(LightningCLI):
             raise InvalidArgumentError(
                 self._option_name(invalid.argument), invalid.value, invalid.allowed
             ) from None
+        except MisconfigurationException as error:
+            # The Trainer's own checks, e.g. --trainer.max_epochs -5 or an absent accelerator.
+            raise TrainerArgumentError("--trainer", None, str(error).splitlines()[0]) from None
+        if self._checkpoint_state is not None:
+            # Compared now, before the trainer makes a run directory and fails to restore it.
+            state, self._checkpoint_state = self._checkpoint_state, None
+            subcommand_config = self.config[self.subcommand]
+            check_state_dict(
+                self.model,
+                state,
+                subcommand_config.get("ckpt_path"),
+                "--ckpt_path",
+                # Models built in configure_model have no parameters yet: compare shapes only.
+                strict=self.model.strict_loading
+                and not is_overridden("configure_model", self.model, LightningModule),
+            )
 
     def _option_name(self, argument: str) -> str:
         """The command-line spelling of a constructor argument, e.g. ``--model.weight_decay``."""

@@ -10,7 +10,10 @@ import math
 from typing import Any
 
 __all__ = [
+    "BatchMismatchError",
+    "CheckpointError",
     "InvalidArgumentError",
+    "TrainerArgumentError",
     "TrainingDivergedError",
     "check_finite",
     "check_finite_non_negative",
@@ -35,7 +38,52 @@ class InvalidArgumentError(ValueError):
         self.argument = argument
         self.value = value
         self.allowed = allowed
-        super().__init__(f"{argument}={value!r} is not allowed: expected {allowed}")
+        super().__init__(self.describe())
+
+    def describe(self) -> str:
+        """The one-line message; subclasses word their own."""
+        return f"{self.argument}={self.value!r} is not allowed: expected {self.allowed}"
+
+
+class CheckpointError(InvalidArgumentError):
+    """A checkpoint path that is missing, or a file that is not a usable checkpoint.
+
+    ``value`` is the path as given; ``allowed`` says what was expected and
+    what the file is instead.
+
+    Example:
+        >>> str(CheckpointError("--ckpt_path", "run.ckpt", "a checkpoint file: no such file"))
+        "--ckpt_path='run.ckpt' is not allowed: expected a checkpoint file: no such file"
+    """
+
+
+class BatchMismatchError(InvalidArgumentError):
+    """A batch the model or the loss cannot take: the data and the model disagree on a size.
+
+    Args:
+        argument: what was rejected, e.g. ``"inputs"`` or ``"targets"``.
+        value: its shape, as a tuple.
+        allowed: who rejected it and why, in torch's words.
+
+    Example:
+        >>> str(BatchMismatchError("inputs", (5, 200), "Linear(in_features=100) raised: ..."))
+        'inputs of shape (5, 200) do not fit: Linear(in_features=100) raised: ...'
+    """
+
+    def describe(self) -> str:
+        return f"{self.argument} of shape {self.value} do not fit: {self.allowed}"
+
+
+class TrainerArgumentError(InvalidArgumentError):
+    """A trainer argument that Lightning itself refuses, e.g. ``max_epochs=-5``.
+
+    Example:
+        >>> str(TrainerArgumentError("--trainer", None, "`max_epochs` must be >= -1."))
+        '--trainer: `max_epochs` must be >= -1.'
+    """
+
+    def describe(self) -> str:
+        return f"{self.argument}: {self.allowed}"
 
 
 class TrainingDivergedError(RuntimeError):

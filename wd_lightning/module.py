@@ -5,7 +5,11 @@ from __future__ import annotations
 import functools
 import inspect
 import math
-from typing import Any, Literal
+import numbers
+import os
+import re
+import traceback
+from typing import IO, Any, Literal
 
 import torch
 from lightning.pytorch import LightningModule
@@ -17,7 +21,10 @@ from torch.optim import Optimizer
 from torchmetrics import Metric, MetricCollection
 
 from wd_lightning.cadence import logs_this_step
+from wd_lightning.checkpoints import is_local_path, read_checkpoint
 from wd_lightning.errors import (
+    BatchMismatchError,
+    CheckpointError,
     InvalidArgumentError,
     TrainingDivergedError,
     check_finite_non_negative,
@@ -28,11 +35,27 @@ __all__ = ["HalfMSELoss", "Penalty", "WeightDecayModule"]
 
 Penalty = Literal["optimizer", "loss"]
 
+# torch's wording when a tensor's size or type does not suit an operation.
+_MISMATCH = re.compile(r"shape|size|dimension|channels|elements|dtype|scalar type", re.IGNORECASE)
+
+try:  # Lightning's guard against calling load_from_checkpoint on an instance
+    from lightning.pytorch.utilities.model_helpers import _restricted_classmethod
+except ImportError:  # pragma: no cover - other Lightning versions
+    _restricted_classmethod = classmethod
+
 
 class HalfMSELoss(nn.Module):
     """½·(ŷ − y)² averaged over the batch: the article's loss, whose gradient has no stray 2."""
 
     def forward(self, prediction: Tensor, target: Tensor) -> Tensor:
+        if prediction.shape != target.shape:
+            # (N, 1) − (N,) broadcasts to (N, N): a wrong loss that trains without complaint.
+            raise BatchMismatchError(
+                "targets",
+                tuple(target.shape),
+                f"the model predicts shape {tuple(prediction.shape)}, and ½-MSE needs targets "
+                "of the same shape (it would broadcast them to a different loss)",
+            )
         return 0.5 * torch.mean((prediction - target) ** 2)
 
 
@@ -96,6 +119,7 @@ class WeightDecayModule(LightningModule):
         self.save_hyperparameters(
             ignore=["model", "optimizer", "lr_scheduler", "loss", "val_metrics", "decay_rules"]
         )
+        _plain_numbers(self.hparams, self._hparams_initial)
         self.model = model
         self.loss = loss if loss is not None else HalfMSELoss()
         self.val_metrics = MetricCollection(dict(val_metrics or {}), prefix="val/")
@@ -110,6 +134,60 @@ class WeightDecayModule(LightningModule):
 
     def forward(self, inputs: Tensor) -> Tensor:
         return self.model(inputs)
+
+    @_restricted_classmethod
+    def load_from_checkpoint(
+        cls,
+        checkpoint_path: str | os.PathLike | IO,
+        map_location: Any = None,
+        hparams_file: str | os.PathLike | None = None,
+        strict: bool | None = None,
+        weights_only: bool | None = True,
+        **kwargs: Any,
+    ) -> WeightDecayModule:
+        """Lightning's ``load_from_checkpoint``, safe by default and with one-line errors.
+
+        Differences: ``weights_only`` defaults to ``True`` (torch's restricted
+        unpickler, whatever the torch version: a checkpoint cannot run code while
+        it loads), and a missing, truncated or foreign file, or a checkpoint of
+        another model, raises :class:`~wd_lightning.errors.CheckpointError`
+        naming the path and what was expected. Pass ``weights_only=False`` only
+        for files you trust that hold objects safe loading refuses.
+
+        Example:
+            >>> import tempfile
+            >>> from lightning.pytorch import Trainer
+            >>> with tempfile.TemporaryDirectory() as folder:
+            ...     trainer = Trainer(max_steps=0, logger=False, enable_progress_bar=False,
+            ...                       enable_model_summary=False, default_root_dir=folder)
+            ...     trainer.strategy.connect(WeightDecayModule(torch.nn.Linear(3, 1), 0.5))
+            ...     trainer.save_checkpoint(f"{folder}/run.ckpt")
+            ...     module = WeightDecayModule.load_from_checkpoint(
+            ...         f"{folder}/run.ckpt", model=torch.nn.Linear(3, 1))
+            >>> module.weight_decay
+            0.5
+        """
+        if is_local_path(checkpoint_path):
+            # Check the file before Lightning reads it: its errors are torch's internals.
+            read_checkpoint(checkpoint_path, weights_only=weights_only is not False)
+        try:
+            return super().load_from_checkpoint(
+                checkpoint_path,
+                map_location=map_location,
+                hparams_file=hparams_file,
+                strict=strict,
+                weights_only=weights_only,
+                **kwargs,
+            )
+        except RuntimeError as error:
+            lines = str(error).splitlines()
+            if not lines or not lines[0].startswith("Error(s) in loading state_dict"):
+                raise
+            # torch lists every disagreement over several lines; the first names the tensor.
+            detail = lines[1].strip() if len(lines) > 1 else lines[0]
+            raise CheckpointError(
+                "checkpoint_path", str(checkpoint_path), f"a checkpoint of this model: {detail}"
+            ) from error
 
     # ----------------------------------------------------------------- optimizer
     def _build_optimizer(self) -> Optimizer:
@@ -163,7 +241,7 @@ class WeightDecayModule(LightningModule):
     # ------------------------------------------------------------------ steps
     def training_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor:
         inputs, targets = batch
-        data_loss = self.loss(self(inputs), targets)
+        data_loss = self.loss(self._predict(inputs), targets)
         if not torch.isfinite(data_loss):
             self._raise_diverged(data_loss)
         # self.log is costly next to a tiny model's step: call it only when Lightning
@@ -182,10 +260,21 @@ class WeightDecayModule(LightningModule):
 
     def _evaluate(self, batch: tuple[Tensor, Tensor], stage: str) -> None:
         inputs, targets = batch
-        predictions = self(inputs)
+        predictions = self._predict(inputs)
         self.log(f"{stage}/loss", self.loss(predictions, targets), batch_size=len(inputs))
         if stage == "val" and self.val_metrics:
             self.val_metrics.update(predictions, targets)
+
+    def _predict(self, inputs: Tensor) -> Tensor:
+        """``self(inputs)``, with a size or type mismatch reported as the data against the model."""
+        try:
+            return self(inputs)
+        except RuntimeError as error:
+            if isinstance(error, torch.OutOfMemoryError) or not _MISMATCH.search(str(error)):
+                raise
+            raise BatchMismatchError(
+                "inputs", tuple(inputs.shape), _rejected_by(self.model, inputs, error)
+            ) from error
 
     def on_validation_epoch_end(self) -> None:
         # Log the computed values, not the metric objects: torchmetrics already
@@ -213,6 +302,43 @@ class WeightDecayModule(LightningModule):
         for logger in self.loggers:
             if isinstance(logger, TensorBoardLogger):
                 logger.experiment.add_text("param_groups", report.markdown(optimizer), 0)
+
+
+def _plain_numbers(*hparams: dict[str, Any]) -> None:
+    """Store numeric hyper-parameters as Python ``int`` / ``float``.
+
+    A numpy or torch scalar (``weight_decay=np.float64(3)`` passes the checks,
+    being a float) would be pickled as such into every checkpoint, and
+    ``torch.load(weights_only=True)`` refuses to rebuild it.
+    """
+    for mapping in hparams:
+        for key, value in mapping.items():
+            if isinstance(value, bool) or type(value) in (int, float):
+                continue
+            if isinstance(value, numbers.Integral):
+                mapping[key] = int(value)
+            elif isinstance(value, numbers.Real):
+                mapping[key] = float(value)
+
+
+def _rejected_by(model: nn.Module, inputs: Tensor, error: RuntimeError) -> str:
+    """Which layer of ``model`` raised ``error``, and torch's words for what did not fit."""
+    names = {id(module): name for name, module in model.named_modules()}
+    layer = None
+    for frame, _ in traceback.walk_tb(error.__traceback__):
+        candidate = frame.f_locals.get("self")
+        if isinstance(candidate, nn.Module) and id(candidate) in names:
+            layer = candidate  # the innermost layer of the model on the way to the error
+    where = "the model"
+    if layer is not None:
+        name = names[id(layer)]
+        # A leaf's repr shows its sizes on one line; a container's would be the whole tree.
+        shown = repr(layer) if next(layer.children(), None) is None else type(layer).__name__
+        where = f"layer {name!r}, {shown}," if name else f"the model, {shown},"
+    detail = str(error).strip().splitlines()[0]
+    if re.search(r"dtype|scalar type", detail, re.IGNORECASE):
+        detail += f"; the inputs are {str(inputs.dtype).removeprefix('torch.')}"
+    return f"{where} raised: {detail}"
 
 
 def _factory_name(factory: Any) -> str:
