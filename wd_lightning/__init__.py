@@ -22,6 +22,7 @@ _EXPORTS = {
     "LinearRegression": "wd_lightning.models",
     "MLP": "wd_lightning.models",
     "ParamGroupsReport": "wd_lightning.grouping",
+    "RandomStateCheckpoint": "wd_lightning.random_state",
     "SyntheticClassificationDataModule": "wd_lightning.data",
     "SyntheticRegressionDataModule": "wd_lightning.data",
     "TrainingDivergedError": "wd_lightning.errors",
@@ -39,6 +40,7 @@ __all__ = [
     "InvalidArgumentError",
     "LinearRegression",
     "ParamGroupsReport",
+    "RandomStateCheckpoint",
     "SyntheticClassificationDataModule",
     "SyntheticRegressionDataModule",
     "TrainingDivergedError",
@@ -62,6 +64,7 @@ if TYPE_CHECKING:
     )
     from wd_lightning.models import MLP, LinearRegression
     from wd_lightning.module import HalfMSELoss, WeightDecayModule
+    from wd_lightning.random_state import RandomStateCheckpoint
 
 
 def __getattr__(name: str) -> Any:
