@@ -74,43 +74,32 @@ def assert_history_continues(full: dict, before: dict, after: dict, step: int) -
 
 
 # ------------------------------------------------------- the CLI, 100 = 50 + 50
-@pytest.fixture(scope="module")
-def full_run(tmp_path_factory) -> Path:
-    """The article's run as ``wd-lightning fit`` runs it: 100 epochs, 400 steps."""
-    root = tmp_path_factory.mktemp("full")
-    assert fit_cli(root).trainer.global_step == 400
-    return root
-
-
 @pytest.mark.slow
-def test_100_epochs_equal_50_then_resume_from_last_ckpt(full_run, tmp_path):
-    fit_cli(tmp_path, "--trainer.max_epochs", "50")
-    resumed = fit_cli(tmp_path, "--ckpt_path", str(last_checkpoint(tmp_path, 0)))
+def test_100_epochs_equal_50_then_resume_from_last_ckpt(tmp_path):
+    whole, halves = tmp_path / "whole", tmp_path / "halves"
+    assert fit_cli(whole).trainer.global_step == 400  # the defaults: 100 epochs
+    fit_cli(halves, "--trainer.max_epochs", "50")
+    resumed = fit_cli(halves, "--ckpt_path", str(last_checkpoint(halves, 0)))
     assert resumed.trainer.global_step == 400
-    assert_same_weights(
-        weights(last_checkpoint(full_run, 0)), weights(last_checkpoint(tmp_path, 1))
-    )
-    full = read_scalars(run_dir(full_run, 0))
+    assert_same_weights(weights(last_checkpoint(whole, 0)), weights(last_checkpoint(halves, 1)))
+    full = read_scalars(run_dir(whole, 0))
     assert len(full["train/loss"]) == 100 and len(full["val/loss"]) == 100
     assert_history_continues(
-        full, read_scalars(run_dir(tmp_path, 0)), read_scalars(run_dir(tmp_path, 1)), step=200
+        full, read_scalars(run_dir(halves, 0)), read_scalars(run_dir(halves, 1)), step=200
     )
 
 
 # --------------------------------------------------------------- determinism
 @pytest.mark.slow
-def test_same_seed_and_config_give_the_same_run_in_process(full_run, tmp_path):
-    fit_cli(tmp_path)
-    assert_same_weights(
-        weights(last_checkpoint(full_run, 0)), weights(last_checkpoint(tmp_path, 0))
-    )
-    assert read_scalars(run_dir(full_run, 0)) == read_scalars(run_dir(tmp_path, 0))
+def test_same_seed_and_config_give_the_same_run_in_process(tmp_path):
+    for seed in ("0", "0", "1"):
+        fit_cli(tmp_path, "--trainer.max_epochs", "5", "--seed_everything", seed)
+    first, second, other_seed = (weights(last_checkpoint(tmp_path, v)) for v in range(3))
+    assert_same_weights(first, second)
+    assert read_scalars(run_dir(tmp_path, 0)) == read_scalars(run_dir(tmp_path, 1))
     # Control: another seed gives other initial weights, hence another run.
-    fit_cli(tmp_path, "--seed_everything", "1")
-    assert not same_weights(
-        weights(last_checkpoint(full_run, 0)), weights(last_checkpoint(tmp_path, 1))
-    )
-    assert read_scalars(run_dir(full_run, 0)) != read_scalars(run_dir(tmp_path, 1))
+    assert not same_weights(first, other_seed)
+    assert read_scalars(run_dir(tmp_path, 0)) != read_scalars(run_dir(tmp_path, 2))
 
 
 @pytest.mark.slow
