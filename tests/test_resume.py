@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from lightning.fabric.utilities.warnings import PossibleUserWarning
 from lightning.pytorch import seed_everything
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.utilities.exceptions import SIGTERMException
@@ -31,6 +32,7 @@ from wd_lightning.tensorboard import read_scalars
 
 QUIET = ["--trainer.enable_progress_bar", "false"]
 STEPS_PER_EPOCH = 4  # the book's 20 examples in batches of 5
+NOT_RESUMABLE = "You're resuming from a checkpoint that ended before the epoch ended"
 
 
 # ------------------------------------------------------------------ helpers
@@ -170,6 +172,7 @@ def interrupted_and_resumed(root: Path, step: int, *callbacks, data=SyntheticReg
 
 
 @pytest.mark.slow
+@pytest.mark.filterwarnings(f"error:{NOT_RESUMABLE}")  # Lightning sees a resumable loader
 def test_a_fit_stopped_by_sigterm_after_any_step_resumes_exactly(tmp_path):
     uninterrupted = fit_api(tmp_path / "whole", RandomStateCheckpoint())
     # Steps 4 and 8 end an epoch; the others stop in the middle of one.
@@ -179,12 +182,23 @@ def test_a_fit_stopped_by_sigterm_after_any_step_resumes_exactly(tmp_path):
 
 
 @pytest.mark.slow
+def test_a_periodic_checkpoint_from_inside_an_epoch_resumes_exactly(tmp_path):
+    # Written after a step, as the command line's time-based last.ckpt is.
+    every_5 = ModelCheckpoint(tmp_path / "periodic", every_n_train_steps=5, save_top_k=-1)
+    uninterrupted = fit_api(tmp_path / "whole", every_5, RandomStateCheckpoint())
+    checkpoint = tmp_path / "periodic" / "epoch=1-step=5.ckpt"
+    resumed = fit_api(tmp_path / "resumed", RandomStateCheckpoint(), ckpt_path=checkpoint)
+    assert_same_weights(uninterrupted, resumed)
+
+
+@pytest.mark.slow
 def test_mid_epoch_resume_needs_the_resumable_loader_and_the_random_state(tmp_path):
     uninterrupted = fit_api(tmp_path / "whole", RandomStateCheckpoint())
     # A plain DataLoader restarts the epoch at its first batch.
-    plain = interrupted_and_resumed(
-        tmp_path / "plain", 5, RandomStateCheckpoint(), data=PlainLoaderData
-    )
+    with pytest.warns(PossibleUserWarning, match=NOT_RESUMABLE):
+        plain = interrupted_and_resumed(
+            tmp_path / "plain", 5, RandomStateCheckpoint(), data=PlainLoaderData
+        )
     assert not same_weights(uninterrupted, plain)
     # Without the random state the dropout masks after the resume are others.
     assert not same_weights(uninterrupted, interrupted_and_resumed(tmp_path / "no_rng", 5))
