@@ -26,6 +26,7 @@ _EXPORTS = {
     "SyntheticClassificationDataModule": "wd_lightning.data",
     "SyntheticRegressionDataModule": "wd_lightning.data",
     "TrainingDivergedError": "wd_lightning.errors",
+    "TrainingInterruptedError": "wd_lightning.errors",
     "WeightDecayModule": "wd_lightning.module",
     "WeightNormMonitor": "wd_lightning.callbacks",
     "explain_param_groups": "wd_lightning.grouping",
@@ -44,6 +45,7 @@ __all__ = [
     "SyntheticClassificationDataModule",
     "SyntheticRegressionDataModule",
     "TrainingDivergedError",
+    "TrainingInterruptedError",
     "WeightDecayModule",
     "WeightNormMonitor",
     "__version__",
@@ -54,7 +56,11 @@ __all__ = [
 if TYPE_CHECKING:
     from wd_lightning.callbacks import WeightNormMonitor
     from wd_lightning.data import SyntheticClassificationDataModule, SyntheticRegressionDataModule
-    from wd_lightning.errors import InvalidArgumentError, TrainingDivergedError
+    from wd_lightning.errors import (
+        InvalidArgumentError,
+        TrainingDivergedError,
+        TrainingInterruptedError,
+    )
     from wd_lightning.grouping import (
         DecayRules,
         GroupOverride,

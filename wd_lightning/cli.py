@@ -113,7 +113,7 @@ class WeightDecayCLI(LightningCLI):
       it), checkpoints follow :func:`default_checkpoint` and carry the global
       random state (:class:`~wd_lightning.RandomStateCheckpoint`);
     * SIGTERM, or a first SIGINT (Ctrl+C), stops a fit after the current batch
-      with a checkpoint, and raises :class:`~wd_lightning.errors.TrainingInterruptedError`
+      with a checkpoint, and raises :class:`~wd_lightning.TrainingInterruptedError`
       naming it (see :mod:`wd_lightning.interrupts`).
     """
 
