@@ -33,6 +33,11 @@ from wd_lightning.tensorboard import read_scalars
 QUIET = ["--trainer.enable_progress_bar", "false"]
 STEPS_PER_EPOCH = 4  # the book's 20 examples in batches of 5
 NOT_RESUMABLE = "You're resuming from a checkpoint that ended before the epoch ended"
+# Subprocesses import this checkout's package, whatever else is installed.
+SUBPROCESS_ENV = {
+    **os.environ,
+    "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]),
+}
 
 
 # ------------------------------------------------------------------ helpers
@@ -113,7 +118,13 @@ def test_same_seed_and_config_give_the_same_run_in_two_processes(tmp_path):
     for root in roots:
         root.mkdir()
         processes.append(
-            subprocess.Popen(command, cwd=root, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+            subprocess.Popen(
+                command,
+                cwd=root,
+                env=SUBPROCESS_ENV,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+            )
         )
     for process in processes:
         _, err = process.communicate(timeout=300)
@@ -289,11 +300,10 @@ def test_a_killed_cli_run_leaves_readable_logs_and_a_checkpoint_that_resumes_exa
 ):
     read_scalars(tmp_path)  # load TensorBoard's reader now, not while the run goes on
     command = [sys.executable, "-m", "wd_lightning", "fit", "--trainer.max_epochs", "100000"]
-    env = {**os.environ, "PYTHONPATH": str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", "")}
     process = subprocess.Popen(
         [*command, *QUIET],
         cwd=tmp_path,
-        env=env,
+        env=SUBPROCESS_ENV,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
