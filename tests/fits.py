@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import signal
 from pathlib import Path
 from typing import Any
 
@@ -54,3 +55,21 @@ class WeightRecorder(Callback):
             self.snapshots.append(
                 {name: p.detach().clone() for name, p in pl_module.named_parameters()}
             )
+
+
+class SignalAt(Callback):
+    """Sends this process a signal right after optimizer step ``step``, as a user or a scheduler.
+
+    ``times=2`` sends it twice in a row (a second Ctrl+C). The CLI takes it as
+    ``--trainer.callbacks tests.fits.SignalAt --trainer.callbacks.step 6``.
+    """
+
+    def __init__(self, step: int, signal_name: str = "SIGTERM", times: int = 1) -> None:
+        self.step = step
+        self.signal_name = signal_name
+        self.times = times
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        if trainer.global_step == self.step:
+            for _ in range(self.times):
+                signal.raise_signal(getattr(signal, self.signal_name))

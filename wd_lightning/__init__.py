@@ -24,9 +24,11 @@ _EXPORTS = {
     "LinearRegression": "wd_lightning.models",
     "MLP": "wd_lightning.models",
     "ParamGroupsReport": "wd_lightning.grouping",
+    "RandomStateCheckpoint": "wd_lightning.random_state",
     "SyntheticClassificationDataModule": "wd_lightning.data",
     "SyntheticRegressionDataModule": "wd_lightning.data",
     "TrainingDivergedError": "wd_lightning.errors",
+    "TrainingInterruptedError": "wd_lightning.errors",
     "WeightDecayModule": "wd_lightning.module",
     "WeightNormMonitor": "wd_lightning.callbacks",
     "explain_param_groups": "wd_lightning.grouping",
@@ -43,9 +45,11 @@ __all__ = [
     "InvalidArgumentError",
     "LinearRegression",
     "ParamGroupsReport",
+    "RandomStateCheckpoint",
     "SyntheticClassificationDataModule",
     "SyntheticRegressionDataModule",
     "TrainingDivergedError",
+    "TrainingInterruptedError",
     "WeightDecayModule",
     "WeightNormMonitor",
     "__version__",
@@ -61,6 +65,7 @@ if TYPE_CHECKING:
         CheckpointError,
         InvalidArgumentError,
         TrainingDivergedError,
+        TrainingInterruptedError,
     )
     from wd_lightning.grouping import (
         DecayRules,
@@ -71,6 +76,7 @@ if TYPE_CHECKING:
     )
     from wd_lightning.models import MLP, LinearRegression
     from wd_lightning.module import HalfMSELoss, WeightDecayModule
+    from wd_lightning.random_state import RandomStateCheckpoint
 
 
 def __getattr__(name: str) -> Any:

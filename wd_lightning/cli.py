@@ -17,12 +17,20 @@ from lightning.pytorch import LightningDataModule, LightningModule, Trainer
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 from lightning.pytorch.loggers import TensorBoardLogger
+from lightning.pytorch.trainer.states import TrainerFn
 from lightning.pytorch.utilities.exceptions import MisconfigurationException
 from lightning.pytorch.utilities.model_helpers import is_overridden
 
 from wd_lightning.callbacks import WeightNormMonitor
 from wd_lightning.checkpoints import check_state_dict, is_local_path, read_checkpoint
-from wd_lightning.errors import InvalidArgumentError, TrainerArgumentError, TrainingDivergedError
+from wd_lightning.errors import (
+    InvalidArgumentError,
+    TrainerArgumentError,
+    TrainingDivergedError,
+    TrainingInterruptedError,
+)
+from wd_lightning.interrupts import InterruptGuard
+from wd_lightning.random_state import RandomStateCheckpoint
 from wd_lightning.rundir import discard_unstarted_run
 
 __all__ = ["WeightDecayCLI", "main"]
@@ -122,11 +130,15 @@ class WeightDecayCLI(LightningCLI):
       configurable as ``--weight_norm.*``;
     * the seed defaults to 0, so a run with no arguments is reproducible;
     * Lightning's model summary is off (the parameter-group report replaces
-      it), and checkpoints follow :func:`default_checkpoint`;
+      it), checkpoints follow :func:`default_checkpoint` and carry the global
+      random state (:class:`~wd_lightning.RandomStateCheckpoint`);
     * ``--ckpt_path`` is checked before anything is built: a missing,
       truncated or foreign file, or a checkpoint of another model, is a
       one-line :class:`~wd_lightning.errors.CheckpointError`;
-    * a run that fails before its first optimizer step leaves no run directory.
+    * a run that fails before its first optimizer step leaves no run directory;
+    * SIGTERM, or a first SIGINT (Ctrl+C), stops a fit after the current batch
+      with a checkpoint, and raises :class:`~wd_lightning.TrainingInterruptedError`
+      naming it (see :mod:`wd_lightning.interrupts`).
     """
 
     def __init__(self, args: Sequence[str] | None = None, **kwargs) -> None:
@@ -144,20 +156,25 @@ class WeightDecayCLI(LightningCLI):
         )
         self._start_step = 0  # the global step the run starts from: the checkpoint's, or 0
         self._checkpoint_state: dict[str, Any] | None = None
-        try:
-            super().__init__(
-                model_class=LightningModule,
-                datamodule_class=LightningDataModule,
-                subclass_mode_model=True,
-                subclass_mode_data=True,
-                auto_configure_optimizers=False,
-                parser_class=OneLineErrorParser,
-                args=args,
-                **kwargs,
-            )
-        except BaseException:
-            discard_unstarted_run(getattr(self, "trainer", None), self._start_step)
-            raise
+        with InterruptGuard() as guard:
+            try:
+                super().__init__(
+                    model_class=LightningModule,
+                    datamodule_class=LightningDataModule,
+                    subclass_mode_model=True,
+                    subclass_mode_data=True,
+                    auto_configure_optimizers=False,
+                    parser_class=OneLineErrorParser,
+                    args=args,
+                    **kwargs,
+                )
+            except BaseException:
+                discard_unstarted_run(getattr(self, "trainer", None), self._start_step)
+                # Lightning reports an interrupted fit as SIGTERMException (SIGTERM, or
+                # the guard's first SIGINT) or as SystemExit(1) (a KeyboardInterrupt).
+                if guard.received is None:
+                    raise
+                raise TrainingInterruptedError(guard.received, *self._resume_point()) from None
 
     def parse_arguments(self, parser: LightningArgumentParser, args: Any) -> None:
         super().parse_arguments(parser, args)
@@ -194,6 +211,8 @@ class WeightDecayCLI(LightningCLI):
           HPARAMS tab with real final metrics.
         * Checkpoints: :func:`default_checkpoint` instead of a checkpoint after
           every epoch, unless checkpointing is off or a ModelCheckpoint is given.
+        * :class:`~wd_lightning.RandomStateCheckpoint`, unless one is given, so
+          that a resumed fit continues the interrupted fit's random streams.
         """
         config = self._get(self.config_init, "trainer", default={})
         if config.get("logger") in (None, True) and "logger" not in kwargs:
@@ -204,7 +223,10 @@ class WeightDecayCLI(LightningCLI):
         if config.get("enable_checkpointing") is not False and not any(
             isinstance(callback, ModelCheckpoint) for callback in callbacks
         ):
-            kwargs.setdefault("callbacks", [*callbacks, default_checkpoint()])
+            callbacks.append(default_checkpoint())
+        if not any(isinstance(callback, RandomStateCheckpoint) for callback in callbacks):
+            callbacks.append(RandomStateCheckpoint())
+        kwargs.setdefault("callbacks", callbacks)
         return super().instantiate_trainer(**kwargs)
 
     # ------------------------------------------------------------------ sweep
@@ -267,6 +289,15 @@ class WeightDecayCLI(LightningCLI):
                 print(f"figure: {path}")
         runs = result.output_dir / "runs"
         print(f"summary: {result.output_dir / 'summary.csv'}  (view: tensorboard --logdir {runs})")
+
+    def _resume_point(self) -> tuple[int | None, str | None]:
+        """The step an interrupted fit stopped at and its latest checkpoint (``None`` if absent)."""
+        trainer = getattr(self, "trainer", None)
+        if trainer is None or trainer.state.fn != TrainerFn.FITTING:
+            return None, None
+        checkpoint = trainer.checkpoint_callback
+        path = (checkpoint.last_model_path or checkpoint.best_model_path) if checkpoint else ""
+        return trainer.global_step, path if path and os.path.exists(path) else None
 
     def instantiate_classes(self) -> None:
         try:
@@ -437,7 +468,8 @@ def main(args: Sequence[str] | None = None) -> None:
     """Run the CLI.
 
     A user's mistake ends the process with a one-line message and exit code 2;
-    a diverged run with exit code 1.
+    a diverged run with exit code 1; an interrupted run with 128 + the signal's
+    number (130 for SIGINT, 143 for SIGTERM) and the ``--ckpt_path`` to resume with.
     """
     # Lightning calls jsonargparse APIs that warn on every run; users cannot act on it.
     warnings.filterwarnings("ignore", category=JsonargparseDeprecationWarning)
@@ -455,3 +487,6 @@ def main(args: Sequence[str] | None = None) -> None:
     except TrainingDivergedError as error:
         print(f"{PROG}: error: {error}", file=sys.stderr)
         raise SystemExit(1) from None
+    except TrainingInterruptedError as error:
+        print(f"{PROG}: {error}", file=sys.stderr)
+        raise SystemExit(error.exit_code) from None

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import Iterator
+from typing import Any
 
 import torch
 from lightning.pytorch import LightningDataModule
@@ -21,6 +22,7 @@ from wd_lightning.errors import check_finite, check_finite_non_negative, check_i
 __all__ = [
     "EpochSeededSampler",
     "InMemoryDataModule",
+    "ResumableDataLoader",
     "SyntheticClassificationDataModule",
     "SyntheticRegressionDataModule",
     "TensorPairDataset",
@@ -122,6 +124,69 @@ class EpochSeededSampler(Sampler[int]):
         return self.num_examples
 
 
+class ResumableDataLoader(DataLoader):
+    """A DataLoader that continues an interrupted pass where a checkpoint left it.
+
+    Lightning saves a training loader's ``state_dict()`` with every checkpoint
+    and, when a fit resumes in the middle of an epoch, hands it back through
+    ``load_state_dict()`` before iterating again. A plain DataLoader has no such
+    state, so Lightning restarts the interrupted epoch from its first batch and
+    trains on those batches twice while never seeing the last ones. This loader
+    counts the batches it has handed out in the current pass; after
+    ``load_state_dict`` the next pass *of the same epoch* skips that many
+    batches. They are the ones already trained on when the order of a pass
+    depends only on the epoch, as with :class:`EpochSeededSampler`.
+
+    Skipped batches are loaded and dropped, which costs next to nothing for
+    in-memory data. The epoch is read from ``sampler.epoch`` (``None`` for a
+    sampler without one), so a saved position never spills into another epoch.
+
+    Example:
+        >>> data = TensorPairDataset(torch.arange(6.0), torch.arange(6.0))
+        >>> loader = ResumableDataLoader(
+        ...     data, batch_size=2, sampler=EpochSeededSampler(6, seed=0),
+        ...     collate_fn=already_batched,
+        ... )
+        >>> batches = iter(loader); first = next(batches)
+        >>> state = loader.state_dict()
+        >>> state
+        {'epoch': 0, 'batches': 1}
+        >>> resumed = ResumableDataLoader(
+        ...     data, batch_size=2, sampler=EpochSeededSampler(6, seed=0),
+        ...     collate_fn=already_batched,
+        ... )
+        >>> resumed.load_state_dict(state)
+        >>> [x.tolist() for x, _ in resumed] == [x.tolist() for x, _ in batches]
+        True
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._served = 0
+        self._epoch: int | None = None
+        self._resume: dict[str, Any] | None = None
+
+    def __iter__(self) -> Iterator[Any]:
+        # A generator: the body runs at the first batch, after Lightning has set
+        # the sampler's epoch (it creates the iterator before it does that).
+        epoch = getattr(self.sampler, "epoch", None)
+        resume, self._resume = self._resume, None
+        skip = resume["batches"] if resume is not None and resume["epoch"] == epoch else 0
+        self._epoch, self._served = epoch, 0
+        for batch in super().__iter__():
+            self._served += 1
+            if self._served > skip:
+                yield batch
+
+    def state_dict(self) -> dict[str, Any]:
+        """The current pass's epoch and the number of batches handed out in it."""
+        return {"epoch": self._epoch, "batches": self._served}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        """Skip ``state_dict["batches"]`` batches in the next pass, if it is of the same epoch."""
+        self._resume = {"epoch": state_dict["epoch"], "batches": int(state_dict["batches"])}
+
+
 class InMemoryDataModule(LightningDataModule, ABC):
     """Shared machinery of the synthetic tasks: a generated train / held-out split in memory.
 
@@ -131,7 +196,9 @@ class InMemoryDataModule(LightningDataModule, ABC):
     ``y_val`` after :meth:`setup`, and serves training batches in the
     ``(data_seed, epoch)`` order of :class:`EpochSeededSampler` and the held-out
     set (for validation and testing) in batches of ``val_batch_size``, by
-    default all at once.
+    default all at once. The training loader is a :class:`ResumableDataLoader`,
+    so a fit resumed in the middle of an epoch continues that epoch, and no
+    loader draws from the global random generators.
     """
 
     def __init__(
@@ -169,11 +236,12 @@ class InMemoryDataModule(LightningDataModule, ABC):
 
     def train_dataloader(self) -> DataLoader:
         self.setup()
-        return DataLoader(
+        return ResumableDataLoader(
             TensorPairDataset(self.X_train, self.y_train),
             batch_size=self.batch_size,
             sampler=EpochSeededSampler(self.num_train, self.data_seed),
             collate_fn=already_batched,
+            generator=self._loader_generator(),
         )
 
     def val_dataloader(self) -> DataLoader:
@@ -188,7 +256,15 @@ class InMemoryDataModule(LightningDataModule, ABC):
             TensorPairDataset(self.X_val, self.y_val),
             batch_size=self.val_batch_size or self.num_val,
             collate_fn=already_batched,
+            generator=self._loader_generator(),
         )
+
+    def _loader_generator(self) -> torch.Generator:
+        # Without a generator of its own, every pass over a DataLoader draws its
+        # worker seed from the global RNG. A model's dropout draws from that RNG
+        # too, so a resumed run, which starts passes at other moments, would see
+        # other dropout masks. With its own generator, loading never touches it.
+        return torch.Generator().manual_seed(self.data_seed)
 
 
 class SyntheticRegressionDataModule(InMemoryDataModule):

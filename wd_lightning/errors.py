@@ -7,6 +7,7 @@ traceback; the Python API raises them as ordinary exceptions.
 from __future__ import annotations
 
 import math
+import signal
 from typing import Any
 
 __all__ = [
@@ -15,6 +16,7 @@ __all__ = [
     "InvalidArgumentError",
     "TrainerArgumentError",
     "TrainingDivergedError",
+    "TrainingInterruptedError",
     "check_finite",
     "check_finite_non_negative",
     "check_int_at_least",
@@ -88,6 +90,43 @@ class TrainerArgumentError(InvalidArgumentError):
 
 class TrainingDivergedError(RuntimeError):
     """The training loss became NaN or infinite."""
+
+
+class TrainingInterruptedError(RuntimeError):
+    """A run stopped by SIGINT or SIGTERM, and the checkpoint to resume it from, if any.
+
+    Args:
+        signal_number: the signal that stopped the run.
+        step: optimizer steps taken when a fit stopped; ``None`` if no fit had started.
+        checkpoint: the checkpoint to pass as ``--ckpt_path``; ``None`` if there is none.
+
+    Example:
+        >>> import signal
+        >>> str(TrainingInterruptedError(signal.SIGTERM, 123, "run/checkpoints/last.ckpt"))
+        'fit interrupted by SIGTERM at step 123; resume with --ckpt_path run/checkpoints/last.ckpt'
+        >>> TrainingInterruptedError(signal.SIGINT, None, None).exit_code
+        130
+    """
+
+    def __init__(self, signal_number: int, step: int | None, checkpoint: str | None) -> None:
+        self.signal_number = int(signal_number)
+        self.step = step
+        self.checkpoint = checkpoint
+        name = signal.Signals(signal_number).name
+        if step is None:
+            message = f"interrupted by {name}"
+        elif checkpoint is None:
+            message = f"fit interrupted by {name} at step {step}; no checkpoint was saved"
+        else:
+            message = (
+                f"fit interrupted by {name} at step {step}; resume with --ckpt_path {checkpoint}"
+            )
+        super().__init__(message)
+
+    @property
+    def exit_code(self) -> int:
+        """128 + the signal number, the shells' convention for a process ended by a signal."""
+        return 128 + self.signal_number
 
 
 def _is_real(value: Any) -> bool:
