@@ -24,6 +24,7 @@ from wd_lightning.errors import (
     check_finite_non_negative,
 )
 from wd_lightning.grouping import DecayRules, ParamGroupsReport, explain_param_groups
+from wd_lightning.norms import squared_norms
 
 __all__ = ["HalfMSELoss", "Penalty", "WeightDecayModule"]
 
@@ -187,7 +188,14 @@ class WeightDecayModule(LightningModule):
         for weight_decay, params in self._penalty_groups:
             if weight_decay and params:
                 # Sum of squares, not norm(...)**2: the norm's gradient is NaN at w = 0.
-                squares = torch.stack([p.square().sum() for p in params]).sum()
+                shards = [_shard(p) for p in params]
+                squares = torch.stack([shard.square().sum() for shard in shards]).sum()
+                if any(shard is not p for shard, p in zip(shards, params, strict=True)):
+                    # Sharded (FSDP2) parameters: the gradient λ·w must land on each
+                    # rank's own shard, where the optimizer applies it, so it is taken
+                    # from the shard; the value is that of the whole parameters.
+                    whole = squared_norms([p.detach() for p in params]).sum()
+                    squares = squares + (whole.to(squares.dtype) - squares).detach()
                 total = total + 0.5 * weight_decay * squares
         return total
 
@@ -252,6 +260,11 @@ class WeightDecayModule(LightningModule):
         for logger in self.loggers:
             if isinstance(logger, TensorBoardLogger):
                 logger.experiment.add_text("param_groups", report.markdown(optimizer), 0)
+
+
+def _shard(param: Tensor) -> Tensor:
+    """This rank's part of a sharded (DTensor) parameter, differentiably; others as they are."""
+    return param.to_local() if hasattr(param, "to_local") else param
 
 
 def _factory_name(factory: Any) -> str:
