@@ -28,7 +28,7 @@ from lightning.pytorch.strategies import ModelParallelStrategy
 
 from tests.fits import REPO
 from wd_lightning import InvalidArgumentError, WeightDecayModule
-from wd_lightning.cli import WeightDecayCLI, fit_summary
+from wd_lightning.cli import WeightDecayCLI, fit_summary, main
 from wd_lightning.data import EpochSeededSampler
 from wd_lightning.tensorboard import read_scalars
 
@@ -207,6 +207,19 @@ def test_ddp_through_the_cli_equals_one_process_with_the_global_batch(tmp_path):
     # Another global batch (one process, batch_size 5) ends elsewhere: the check can fail.
     _, other = _run_in_process(tmp_path / "other", "--trainer.max_epochs", "3")
     assert _max_weight_gap(zero["weights"], other["weights"]) > 100 * WEIGHT_ATOL
+
+
+@pytest.mark.slow
+def test_ddp_spawn_summary_comes_from_the_training_processes(tmp_path, capfd):
+    # The trained processes are children here: the CLI's own process never trains.
+    spawn = ["--trainer.strategy", "ddp_spawn", "--trainer.devices", "2"]
+    args = [*spawn, "--trainer.accelerator", "cpu", "--trainer.max_epochs", "3"]
+    main(["fit", *args, "--trainer.default_root_dir", str(tmp_path), *QUIET])
+    out = capfd.readouterr().out
+    assert out.count("fit finished after 6 optimizer steps") == 1
+    assert "weight_norm/decay" in out
+    runs = [run.name for run in (tmp_path / "lightning_logs").iterdir()]
+    assert runs == ["version_0"] and f"logs: {tmp_path / 'lightning_logs' / 'version_0'}" in out
 
 
 MLP_CONFIG = """\

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any, NoReturn
 
 from jsonargparse._deprecated import JsonargparseDeprecationWarning
-from lightning.pytorch import LightningDataModule, LightningModule, Trainer
+from lightning.pytorch import Callback, LightningDataModule, LightningModule, Trainer
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 from lightning.pytorch.loggers import TensorBoardLogger
@@ -103,7 +103,8 @@ class WeightDecayCLI(LightningCLI):
       configurable as ``--weight_norm.*``;
     * the seed defaults to 0, so a run with no arguments is reproducible;
     * Lightning's model summary is off (the parameter-group report replaces
-      it), and checkpoints follow :func:`default_checkpoint`.
+      it), and checkpoints follow :func:`default_checkpoint`;
+    * a fit ends with :func:`fit_summary`, printed by global rank zero.
     """
 
     def __init__(self, args: Sequence[str] | None = None, **kwargs) -> None:
@@ -161,7 +162,8 @@ class WeightDecayCLI(LightningCLI):
         if config.get("enable_checkpointing") is not False and not any(
             isinstance(callback, ModelCheckpoint) for callback in callbacks
         ):
-            kwargs.setdefault("callbacks", [*callbacks, default_checkpoint()])
+            callbacks.append(default_checkpoint())
+        kwargs.setdefault("callbacks", [*callbacks, FitSummaryPrinter()])
         return super().instantiate_trainer(**kwargs)
 
     def instantiate_classes(self) -> None:
@@ -186,10 +188,19 @@ class WeightDecayCLI(LightningCLI):
                 return f"--{section}.{argument}"
         return argument
 
-    def after_fit(self) -> None:
-        # Every rank computes it (sharded norms are collective); rank zero prints it.
-        summary = fit_summary(self.trainer)
-        if self.trainer.is_global_zero:
+
+class FitSummaryPrinter(Callback):
+    """Prints :func:`fit_summary` from global rank zero when a fit ends.
+
+    A callback rather than code after ``trainer.fit``: with ``ddp_spawn`` the
+    training runs in child processes, and the CLI's own process never sees
+    the trained step count, optimizer or run directory.
+    """
+
+    def on_fit_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        # Every rank computes it (sharded norms and the log directory are collective).
+        summary = fit_summary(trainer)
+        if trainer.is_global_zero:
             print(summary)
 
 
