@@ -24,7 +24,7 @@ from wd_lightning.errors import (
     check_finite_non_negative,
 )
 from wd_lightning.grouping import DecayRules, ParamGroupsReport, explain_param_groups
-from wd_lightning.norms import squared_norms
+from wd_lightning.norms import _dtensor_type, squared_norms
 
 __all__ = ["HalfMSELoss", "Penalty", "WeightDecayModule"]
 
@@ -125,11 +125,14 @@ class WeightDecayModule(LightningModule):
         """
         if self._trainer is None or not isinstance(self.trainer.strategy, ModelParallelStrategy):
             return
-        # ModelParallelStrategy exists only where torch has distributed support.
-        from torch.distributed.fsdp import fully_shard
-        from torch.distributed.tensor import DTensor
+        # Imported here: ModelParallelStrategy needs torch's distributed support.
+        try:
+            from torch.distributed.fsdp import fully_shard
+        except ImportError:  # torch < 2.6 keeps FSDP2 under its first name
+            from torch.distributed._composable.fsdp import fully_shard
 
-        if any(isinstance(p, DTensor) for p in self.model.parameters()):
+        dtensor = _dtensor_type()
+        if dtensor is not None and any(isinstance(p, dtensor) for p in self.model.parameters()):
             return
         tensor_parallel = self.device_mesh["tensor_parallel"].size()
         if tensor_parallel > 1:
