@@ -13,7 +13,7 @@ from typing import Any, NoReturn
 
 from jsonargparse import ArgumentParser, Namespace
 from jsonargparse._deprecated import JsonargparseDeprecationWarning
-from lightning.pytorch import LightningDataModule, LightningModule, Trainer
+from lightning.pytorch import Callback, LightningDataModule, LightningModule, Trainer
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 from lightning.pytorch.loggers import TensorBoardLogger
@@ -138,7 +138,8 @@ class WeightDecayCLI(LightningCLI):
     * a run that fails before its first optimizer step leaves no run directory;
     * SIGTERM, or a first SIGINT (Ctrl+C), stops a fit after the current batch
       with a checkpoint, and raises :class:`~wd_lightning.TrainingInterruptedError`
-      naming it (see :mod:`wd_lightning.interrupts`).
+      naming it (see :mod:`wd_lightning.interrupts`);
+    * a fit ends with :func:`fit_summary`, printed by global rank zero.
     """
 
     def __init__(self, args: Sequence[str] | None = None, **kwargs) -> None:
@@ -226,7 +227,7 @@ class WeightDecayCLI(LightningCLI):
             callbacks.append(default_checkpoint())
         if not any(isinstance(callback, RandomStateCheckpoint) for callback in callbacks):
             callbacks.append(RandomStateCheckpoint())
-        kwargs.setdefault("callbacks", callbacks)
+        kwargs.setdefault("callbacks", [*callbacks, FitSummaryPrinter()])
         return super().instantiate_trainer(**kwargs)
 
     # ------------------------------------------------------------------ sweep
@@ -345,10 +346,19 @@ class WeightDecayCLI(LightningCLI):
                 return f"--{section}.{argument}"
         return argument
 
-    def after_fit(self) -> None:
-        # Every rank computes it (sharded norms are collective); rank zero prints it.
-        summary = fit_summary(self.trainer)
-        if self.trainer.is_global_zero:
+
+class FitSummaryPrinter(Callback):
+    """Prints :func:`fit_summary` from global rank zero when a fit ends.
+
+    A callback rather than code after ``trainer.fit``: with ``ddp_spawn`` the
+    training runs in child processes, and the CLI's own process never sees
+    the trained step count, optimizer or run directory.
+    """
+
+    def on_fit_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        # Every rank computes it (sharded norms and the log directory are collective).
+        summary = fit_summary(trainer)
+        if trainer.is_global_zero:
             print(summary)
 
 

@@ -8,16 +8,23 @@ the truth, which is what weight decay is meant to fix.
 
 from __future__ import annotations
 
+import math
 from abc import ABC, abstractmethod
 from collections.abc import Iterator
 from typing import Any
 
 import torch
+import torch.distributed as dist
 from lightning.pytorch import LightningDataModule
 from torch import Tensor
-from torch.utils.data import DataLoader, Dataset, Sampler
+from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
-from wd_lightning.errors import check_finite, check_finite_non_negative, check_int_at_least
+from wd_lightning.errors import (
+    InvalidArgumentError,
+    check_finite,
+    check_finite_non_negative,
+    check_int_at_least,
+)
 
 __all__ = [
     "EpochSeededSampler",
@@ -90,13 +97,33 @@ def already_batched(batch: tuple[Tensor, Tensor]) -> tuple[Tensor, Tensor]:
     return batch
 
 
-class EpochSeededSampler(Sampler[int]):
+class EpochSeededSampler(DistributedSampler):
     """Shuffles ``range(num_examples)`` in an order fixed by ``(seed, epoch)`` alone.
 
     A default shuffling DataLoader draws from the global RNG, so a run resumed
     from a checkpoint sees a different order than the uninterrupted run. Here
     the order is a pure function of the seed and the epoch, which Lightning sets
     through :meth:`set_epoch` before every training epoch.
+
+    With several processes (``num_replicas`` > 1) each takes every
+    ``num_replicas``-th position of that same order, starting at its ``rank``.
+    Batch *b* of batch size *B* on the ranks together is then exactly batch *b*
+    of one process at batch size ``B * num_replicas``: data-parallel training
+    sees the single-process global batches. When ``num_examples`` is not a
+    multiple of ``num_replicas``, the order is padded with its own first
+    positions so that every rank takes as many steps.
+
+    It is a :class:`~torch.utils.data.DistributedSampler` so that Lightning
+    uses it as it is; Lightning wraps any other sampler in one that shuffles
+    it again with the global seed. ``num_replicas`` and ``rank`` left as
+    ``None`` are read from the default process group when the sampler is
+    iterated (one process and rank 0 when there is none).
+
+    Args:
+        num_examples: size of the dataset.
+        seed: seed of the order.
+        num_replicas: processes that share each epoch.
+        rank: this process's place among them, from 0.
 
     Example:
         >>> sampler = EpochSeededSampler(5, seed=0)
@@ -105,23 +132,78 @@ class EpochSeededSampler(Sampler[int]):
         (True, True)
         >>> sampler.set_epoch(0); list(sampler) == first
         True
+        >>> shards = [list(EpochSeededSampler(5, 0, num_replicas=2, rank=r)) for r in (0, 1)]
+        >>> shards == [first[0::2], first[1::2] + first[:1]]
+        True
     """
 
-    def __init__(self, num_examples: int, seed: int) -> None:
-        self.num_examples = num_examples
+    def __init__(
+        self, num_examples: int, seed: int, num_replicas: int | None = None, rank: int | None = None
+    ) -> None:
+        # DistributedSampler.__init__ is not called: it needs a process group to
+        # exist now, where this sampler asks for one only when it is iterated.
+        self.num_examples = check_int_at_least("num_examples", num_examples, 0)
         self.seed = seed
         self.epoch = 0
+        if num_replicas is not None:
+            check_int_at_least("num_replicas", num_replicas, 1)
+        if rank is not None:
+            check_int_at_least("rank", rank, 0)
+            if num_replicas is not None and rank >= num_replicas:
+                raise InvalidArgumentError("rank", rank, f"an integer in [0, {num_replicas - 1}]")
+        self._num_replicas = num_replicas
+        self._rank = rank
+        # What DistributedSampler's users read: no reshuffling, no dropped examples.
+        self.shuffle = False
+        self.drop_last = False
+
+    @property
+    def num_replicas(self) -> int:
+        if self._num_replicas is not None:
+            return self._num_replicas
+        return dist.get_world_size() if _process_group() else 1
+
+    @property
+    def rank(self) -> int:
+        if self._rank is not None:
+            return self._rank
+        return dist.get_rank() if _process_group() else 0
+
+    @property
+    def num_samples(self) -> int:
+        return math.ceil(self.num_examples / self.num_replicas)
+
+    @property
+    def total_size(self) -> int:
+        return self.num_samples * self.num_replicas
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
 
-    def __iter__(self) -> Iterator[int]:
+    def order(self) -> list[int]:
+        """The epoch's order of all examples, the same on every rank.
+
+        Example:
+            >>> EpochSeededSampler(4, seed=1).order()
+            [0, 1, 3, 2]
+        """
         # Spread (seed, epoch) over the 64-bit seed space so distinct pairs never collide.
         generator = torch.Generator().manual_seed((self.seed << 32) + self.epoch)
-        return iter(torch.randperm(self.num_examples, generator=generator).tolist())
+        return torch.randperm(self.num_examples, generator=generator).tolist()
+
+    def __iter__(self) -> Iterator[int]:
+        order = self.order()
+        padding = self.total_size - len(order)
+        if order and padding:
+            order += (order * math.ceil(padding / len(order)))[:padding]
+        return iter(order[self.rank :: self.num_replicas])
 
     def __len__(self) -> int:
-        return self.num_examples
+        return self.num_samples
+
+
+def _process_group() -> bool:
+    return dist.is_available() and dist.is_initialized()
 
 
 class ResumableDataLoader(DataLoader):
@@ -198,7 +280,9 @@ class InMemoryDataModule(LightningDataModule, ABC):
     set (for validation and testing) in batches of ``val_batch_size``, by
     default all at once. The training loader is a :class:`ResumableDataLoader`,
     so a fit resumed in the middle of an epoch continues that epoch, and no
-    loader draws from the global random generators.
+    loader draws from the global random generators. Attached to a trainer with
+    a data-parallel strategy, each process gets its rank's share of every
+    epoch's order.
     """
 
     def __init__(
@@ -236,10 +320,18 @@ class InMemoryDataModule(LightningDataModule, ABC):
 
     def train_dataloader(self) -> DataLoader:
         self.setup()
+        # Under a data-parallel strategy each process takes its share of every
+        # epoch's order (the data-parallel ranks only, under model parallelism).
+        shard = (self.trainer.distributed_sampler_kwargs if self.trainer else None) or {}
         return ResumableDataLoader(
             TensorPairDataset(self.X_train, self.y_train),
             batch_size=self.batch_size,
-            sampler=EpochSeededSampler(self.num_train, self.data_seed),
+            sampler=EpochSeededSampler(
+                self.num_train,
+                self.data_seed,
+                num_replicas=shard.get("num_replicas", 1),
+                rank=shard.get("rank", 0),
+            ),
             collate_fn=already_batched,
             generator=self._loader_generator(),
         )
@@ -278,7 +370,8 @@ class SyntheticRegressionDataModule(InMemoryDataModule):
         num_train: training examples (the book: 20, fewer than inputs, so it overfits).
         num_val: held-out examples used for validation and testing.
         num_inputs: input dimension d.
-        batch_size: training minibatch size.
+        batch_size: training minibatch size per process; with data-parallel
+            processes the global batch is ``batch_size`` × their number.
         w_true: every coordinate of the true weight vector.
         b_true: the true bias.
         noise: standard deviation of the label noise ε.
@@ -331,7 +424,8 @@ class SyntheticClassificationDataModule(InMemoryDataModule):
         num_val: held-out examples.
         num_inputs: input features.
         num_classes: classes, at least 2.
-        batch_size: training minibatch size.
+        batch_size: training minibatch size per process; with data-parallel
+            processes the global batch is ``batch_size`` × their number.
         noise: standard deviation of the noise added to the teacher's logits.
         data_seed: seed of the data, the teacher and the shuffle order.
         val_batch_size: validation batch size; ``None`` evaluates the held-out set in one batch.

@@ -15,6 +15,7 @@ import torch
 from lightning.pytorch import LightningModule
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from lightning.pytorch.loggers import TensorBoardLogger
+from lightning.pytorch.strategies import ModelParallelStrategy
 from lightning.pytorch.utilities import rank_zero_info
 from torch import Tensor, nn
 from torch.optim import Optimizer
@@ -30,6 +31,7 @@ from wd_lightning.errors import (
     check_finite_non_negative,
 )
 from wd_lightning.grouping import DecayRules, ParamGroupsReport, explain_param_groups
+from wd_lightning.norms import _dtensor_type, squared_norms
 
 __all__ = ["HalfMSELoss", "Penalty", "WeightDecayModule"]
 
@@ -189,6 +191,39 @@ class WeightDecayModule(LightningModule):
                 "checkpoint_path", str(checkpoint_path), f"a checkpoint of this model: {detail}"
             ) from error
 
+    def configure_model(self) -> None:
+        """Under ``ModelParallelStrategy``, shard the wrapped model with FSDP2 (``fully_shard``).
+
+        The whole model becomes one FSDP2 unit over the ``data_parallel`` mesh
+        dimension: each process keeps a shard of every parameter (and of the
+        optimizer state) and gathers the full weights for its forward and
+        backward. For a per-layer sharding, or tensor parallelism, override
+        this hook; a model whose parameters are already DTensors is left
+        as it is. Under any other strategy nothing happens.
+        """
+        if self._trainer is None or not isinstance(self.trainer.strategy, ModelParallelStrategy):
+            return
+        # Imported here: ModelParallelStrategy needs torch's distributed support.
+        try:
+            from torch.distributed.fsdp import fully_shard
+        except ImportError:  # torch < 2.6 keeps FSDP2 under its first name
+            from torch.distributed._composable.fsdp import fully_shard
+
+        dtensor = _dtensor_type()
+        if dtensor is not None and any(isinstance(p, dtensor) for p in self.model.parameters()):
+            return
+        tensor_parallel = self.device_mesh["tensor_parallel"].size()
+        if tensor_parallel > 1:
+            # Without a tensor-parallel plan those processes would all train on
+            # the same batches: the strategy deals data out per data-parallel rank.
+            raise InvalidArgumentError(
+                "ModelParallelStrategy.tensor_parallel_size",
+                tensor_parallel,
+                "1 (the model is sharded with FSDP2 only: set data_parallel_size "
+                "to the number of processes)",
+            )
+        fully_shard(self.model, mesh=self.device_mesh["data_parallel"])
+
     # ----------------------------------------------------------------- optimizer
     def _build_optimizer(self) -> Optimizer:
         try:
@@ -234,7 +269,14 @@ class WeightDecayModule(LightningModule):
         for weight_decay, params in self._penalty_groups:
             if weight_decay and params:
                 # Sum of squares, not norm(...)**2: the norm's gradient is NaN at w = 0.
-                squares = torch.stack([p.square().sum() for p in params]).sum()
+                shards = [_shard(p) for p in params]
+                squares = torch.stack([shard.square().sum() for shard in shards]).sum()
+                if any(shard is not p for shard, p in zip(shards, params, strict=True)):
+                    # Sharded (FSDP2) parameters: the gradient λ·w must land on each
+                    # rank's own shard, where the optimizer applies it, so it is taken
+                    # from the shard; the value is that of the whole parameters.
+                    whole = squared_norms([p.detach() for p in params]).sum()
+                    squares = squares + (whole.to(squares.dtype) - squares).detach()
                 total = total + 0.5 * weight_decay * squares
         return total
 
@@ -246,8 +288,11 @@ class WeightDecayModule(LightningModule):
             self._raise_diverged(data_loss)
         # self.log is costly next to a tiny model's step: call it only when Lightning
         # will write the value (the same rule it applies itself), not on every step.
+        # Under DDP each process holds a shard of the global batch: sync_dist averages
+        # the shards' losses (an all-reduce on logging steps only), so the logged
+        # value is the global batch's loss, not rank zero's share of it.
         if self._trainer is None or logs_this_step(self.trainer):
-            self.log("train/loss", data_loss, batch_size=len(inputs))
+            self.log("train/loss", data_loss, batch_size=len(inputs), sync_dist=True)
         if self.penalty == "loss":
             return data_loss + self.penalty_term()
         return data_loss
@@ -261,7 +306,10 @@ class WeightDecayModule(LightningModule):
     def _evaluate(self, batch: tuple[Tensor, Tensor], stage: str) -> None:
         inputs, targets = batch
         predictions = self._predict(inputs)
-        self.log(f"{stage}/loss", self.loss(predictions, targets), batch_size=len(inputs))
+        # Each process evaluates its part of the held-out set; sync_dist weighs the
+        # parts by their sizes, so the logged loss is that of the whole set.
+        loss = self.loss(predictions, targets)
+        self.log(f"{stage}/loss", loss, batch_size=len(inputs), sync_dist=True)
         if stage == "val" and self.val_metrics:
             self.val_metrics.update(predictions, targets)
 
@@ -280,8 +328,10 @@ class WeightDecayModule(LightningModule):
         # Log the computed values, not the metric objects: torchmetrics already
         # accumulates (and syncs across processes) itself, and Lightning's handling
         # of a logged Metric object costs more than the tiny model's whole step.
+        # Every process holds the same computed values; sync_dist=True averages
+        # identical numbers, which leaves them as they are and spares a warning.
         if self.val_metrics:
-            self.log_dict(self.val_metrics.compute())
+            self.log_dict(self.val_metrics.compute(), sync_dist=True)
             self.val_metrics.reset()
 
     def _raise_diverged(self, loss: Tensor) -> None:
@@ -339,6 +389,11 @@ def _rejected_by(model: nn.Module, inputs: Tensor, error: RuntimeError) -> str:
     if re.search(r"dtype|scalar type", detail, re.IGNORECASE):
         detail += f"; the inputs are {str(inputs.dtype).removeprefix('torch.')}"
     return f"{where} raised: {detail}"
+
+
+def _shard(param: Tensor) -> Tensor:
+    """This rank's part of a sharded (DTensor) parameter, differentiably; others as they are."""
+    return param.to_local() if hasattr(param, "to_local") else param
 
 
 def _factory_name(factory: Any) -> str:
