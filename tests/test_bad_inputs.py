@@ -526,8 +526,10 @@ def test_cli_gets_one_line_and_an_exit_code(case, workspace, capsys):
     assert len(errors) == 1, err
     _assert_shows(case.message, errors[0].removeprefix("wd-lightning: error: "))
     if case.outcome == "exit 1":
-        # It trained until it diverged: that run's logs and checkpoint stay.
-        assert (workspace / "lightning_logs" / "version_0" / "checkpoints").is_dir()
+        # It trained until it diverged: that run's logs stay, but no checkpoint of
+        # its non-finite weights is written.
+        run = workspace / "lightning_logs" / "version_0"
+        assert list(run.glob("events.out.tfevents.*")) and not list(run.rglob("*.ckpt"))
     else:
         # Nothing was trained: no run directory for TensorBoard to list or a resume to pick.
         assert not (workspace / "lightning_logs").exists()

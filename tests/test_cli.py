@@ -128,6 +128,8 @@ def test_divergence_exits_with_a_message_naming_lr_and_lambda(tmp_path, capsys):
     assert exited.value.code == 1
     err = capsys.readouterr().err
     assert "training diverged" in err and "learning rate 0.003" in err and "1000" in err
+    # The diverged weights are not saved over the last good checkpoint.
+    assert not list(tmp_path.rglob("*.ckpt"))
 
 
 def test_condense_keeps_plain_messages():

@@ -273,12 +273,7 @@ class WeightDecayCLI(LightningCLI):
             )
         except ValueError as error:
             # Building a member from the config wraps the model's own errors.
-            invalid = _find_cause(error, InvalidArgumentError)
-            if invalid is None:
-                raise
-            raise InvalidArgumentError(
-                self._option_name(invalid.argument), invalid.value, invalid.allowed
-            ) from None
+            self._raise_as_option_error(error)
         self._parser("sweep").save(
             config, result.output_dir / "config.yaml", skip_none=False, overwrite=True
         )
@@ -310,12 +305,7 @@ class WeightDecayCLI(LightningCLI):
             else:
                 super().instantiate_classes()
         except ValueError as error:
-            invalid = _find_cause(error, InvalidArgumentError)
-            if invalid is None:
-                raise
-            raise InvalidArgumentError(
-                self._option_name(invalid.argument), invalid.value, invalid.allowed
-            ) from None
+            self._raise_as_option_error(error)
         except MisconfigurationException as error:
             # The Trainer's own checks, e.g. --trainer.max_epochs -5 or an absent accelerator.
             raise TrainerArgumentError("--trainer", None, str(error).splitlines()[0]) from None
@@ -332,6 +322,15 @@ class WeightDecayCLI(LightningCLI):
                 strict=self.model.strict_loading
                 and not is_overridden("configure_model", self.model, LightningModule),
             )
+
+    def _raise_as_option_error(self, error: ValueError) -> NoReturn:
+        """Re-raise the InvalidArgumentError behind ``error`` with the option's CLI name."""
+        invalid = _find_cause(error, InvalidArgumentError)
+        if invalid is None:
+            raise error
+        raise InvalidArgumentError(
+            self._option_name(invalid.argument), invalid.value, invalid.allowed
+        ) from None
 
     def _option_name(self, argument: str) -> str:
         """The command-line spelling of a constructor argument, e.g. ``--model.weight_decay``."""
@@ -412,9 +411,25 @@ def default_checkpoint() -> ModelCheckpoint:
     (``--ckpt_path lightning_logs/version_N/checkpoints/last.ckpt``), and saving
     on an exception (including an interrupt) keeps the work done before it.
     """
-    return ModelCheckpoint(
+    return GoodWeightsCheckpoint(
         save_last=True, train_time_interval=timedelta(minutes=5), save_on_exception=True
     )
+
+
+class GoodWeightsCheckpoint(ModelCheckpoint):
+    """A ``ModelCheckpoint`` that saves on an exception, except when training diverged.
+
+    A diverged run's weights are not finite: saving them on the way out would
+    replace ``last.ckpt``, the last good weights to resume from with a lower
+    learning rate, by ones that cannot train at all.
+    """
+
+    def on_exception(
+        self, trainer: Trainer, pl_module: LightningModule, exception: BaseException
+    ) -> None:
+        if isinstance(exception, TrainingDivergedError):
+            return
+        super().on_exception(trainer, pl_module, exception)
 
 
 def fit_summary(trainer: Trainer) -> str:

@@ -174,6 +174,10 @@ def _against_weight_decay(
         for row in summary:
             if row["status"] == "ok" and _positive(row.get("predicted_null_space_norm")):
                 predicted[row["weight_decay"]].append(row["predicted_null_space_norm"])
+        # (1 − ηλ)^T underflows to 1e-60 and below for large λ: draw it only where
+        # it is within the range of what was measured.
+        floor = min(seeds_y, default=1e-12) / 10
+        predicted = {wd: values for wd, values in predicted.items() if min(values) > floor}
         if predicted:
             xs = sorted(predicted)
             axis.plot(
