@@ -6,6 +6,7 @@ import re
 
 import pytest
 
+from tests.fits import CONFIGS
 from wd_lightning.cli import main
 from wd_lightning.errors import InvalidArgumentError
 from wd_lightning.plots import read_table
@@ -103,6 +104,19 @@ def test_members_equal_fits_with_other_optimizers(tmp_path, options):
     epochs = ["--trainer.max_epochs", "10"]
     output_dir = _sweep(tmp_path, [0.5, 3], [2], *epochs, *options)
     _assert_member_equals_fit(output_dir, 3, 2, _fit(tmp_path, 3, 2, *epochs, *options))
+
+
+@pytest.mark.slow
+def test_any_model_through_vmap_equals_its_fit(tmp_path):
+    # An MLP with BatchNorm (running statistics, eval mode in validation) and
+    # cross-entropy: the general path, not the batched-matmul one. SGD rather
+    # than the config's AdamW: the biases in front of BatchNorm have a gradient
+    # of pure rounding noise, which Adam's normalisation turns into steps of size lr.
+    options = ["--config", str(CONFIGS / "mlp_classifier.yaml"), "--trainer.max_epochs", "2"]
+    options += ["--model.optimizer", "torch.optim.SGD", "--model.optimizer.lr", "0.05"]
+    options += ["--model.optimizer.momentum", "0.9"]
+    output_dir = _sweep(tmp_path, [0.05, 0.5], [0], *options)
+    _assert_member_equals_fit(output_dir, 0.05, 0, _fit(tmp_path, 0.05, 0, *options))
 
 
 def test_a_diverging_member_is_marked_and_the_others_finish(tmp_path, capsys):

@@ -29,10 +29,12 @@ _EXPORTS = {
     "SyntheticRegressionDataModule": "wd_lightning.data",
     "TrainingDivergedError": "wd_lightning.errors",
     "TrainingInterruptedError": "wd_lightning.errors",
+    "WeightDecayEnsemble": "wd_lightning.ensemble",
     "WeightDecayModule": "wd_lightning.module",
     "WeightNormMonitor": "wd_lightning.callbacks",
     "explain_param_groups": "wd_lightning.grouping",
     "param_groups": "wd_lightning.grouping",
+    "run_sweep": "wd_lightning.sweep",
 }
 
 __all__ = [
@@ -50,16 +52,19 @@ __all__ = [
     "SyntheticRegressionDataModule",
     "TrainingDivergedError",
     "TrainingInterruptedError",
+    "WeightDecayEnsemble",
     "WeightDecayModule",
     "WeightNormMonitor",
     "__version__",
     "explain_param_groups",
     "param_groups",
+    "run_sweep",
 ]
 
 if TYPE_CHECKING:
     from wd_lightning.callbacks import WeightNormMonitor
     from wd_lightning.data import SyntheticClassificationDataModule, SyntheticRegressionDataModule
+    from wd_lightning.ensemble import WeightDecayEnsemble
     from wd_lightning.errors import (
         BatchMismatchError,
         CheckpointError,
@@ -77,6 +82,7 @@ if TYPE_CHECKING:
     from wd_lightning.models import MLP, LinearRegression
     from wd_lightning.module import HalfMSELoss, WeightDecayModule
     from wd_lightning.random_state import RandomStateCheckpoint
+    from wd_lightning.sweep import run_sweep
 
 
 def __getattr__(name: str) -> Any:

@@ -139,6 +139,11 @@ class WeightDecayEnsemble(LightningModule):
         self._coupled = True
 
     # ------------------------------------------------------------ structure
+    @property
+    def template(self) -> WeightDecayModule:
+        """The first member: its model, loss and optimizer factory serve every member."""
+        return self._template
+
     def _trainable_names(self) -> list[str]:
         return [n for n, p in zip(self.param_names, self.stacked, strict=True) if p.requires_grad]
 
@@ -175,6 +180,12 @@ class WeightDecayEnsemble(LightningModule):
             weight, bias = params["weight"], params.get("bias")
             outputs = torch.matmul(inputs, weight.transpose(1, 2))
             return outputs if bias is None else outputs + bias.unsqueeze(1)
+
+        # The skeleton is not a registered submodule, so Lightning's train() / eval()
+        # does not reach it: without this, BatchNorm and dropout would stay in
+        # training mode during validation.
+        if self._skeleton.training != self.training:
+            self._skeleton.train(self.training)
 
         def member_forward(params: dict, buffers: dict, batch: Tensor) -> Tensor:
             return torch.func.functional_call(self._skeleton, (params, buffers), (batch,))
@@ -333,7 +344,7 @@ def _stack(members: Sequence[WeightDecayModule], name: str, kind: str) -> Tensor
             raise InvalidArgumentError(
                 f"members[{index}]", type(model).__name__, f"a model with the {kind} {name!r}"
             ) from None
-        if tensor.shape != tensors[0].shape if tensors else False:
+        if tensors and tensor.shape != tensors[0].shape:
             raise InvalidArgumentError(
                 f"members[{index}].{name}",
                 tuple(tensor.shape),

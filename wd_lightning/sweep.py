@@ -277,7 +277,7 @@ def _linear_problem(
     ensemble: WeightDecayEnsemble, datamodule: LightningDataModule
 ) -> tuple[torch.Tensor, ...] | None:
     """The training and held-out data, when the closed form applies to this sweep."""
-    template = ensemble._template
+    template = ensemble.template
     model = template.model
     data = [getattr(datamodule, name, None) for name in ("X_train", "y_train", "X_val", "y_val")]
     if any(tensor is None for tensor in data):
