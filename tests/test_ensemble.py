@@ -117,3 +117,24 @@ def test_members_of_different_shapes_are_refused():
 def test_no_members_is_refused():
     with pytest.raises(InvalidArgumentError, match="members"):
         WeightDecayEnsemble([])
+
+
+def test_eval_mode_reaches_the_members_batch_norm():
+    members = []
+    for seed in (0, 1):
+        torch.manual_seed(seed)
+        members.append(WeightDecayModule(MLP(6, [5], 2, norm="batch"), weight_decay=0.1))
+    ensemble = WeightDecayEnsemble(members)
+    inputs, _ = _batch()
+    ensemble.train()
+    ensemble(inputs)  # updates the stacked running statistics, as training does
+    for member in members:
+        member.train()
+        member(inputs)
+    ensemble.eval()
+    outputs = ensemble(inputs)
+    for index, member in enumerate(members):
+        member.eval()
+        torch.testing.assert_close(outputs[index], member(inputs))
+        for name, tensor in ensemble.member_state(index).items():
+            torch.testing.assert_close(tensor, member.model.state_dict()[name])
