@@ -188,15 +188,17 @@ def run_sweep(
         ensemble = WeightDecayEnsemble(modules, writers)
         trainer.fit(ensemble, datamodule)
         rows = _summary_rows(members, ensemble, trainer, initial)
-        _add_linear_analysis(rows, ensemble, datamodule, trainer, initial)
+        problem = _linear_problem(ensemble, datamodule)
+        if problem is not None:
+            _add_linear_analysis(rows, ensemble, problem, trainer, initial)
         _write_hparams(writers, members, rows, trainer.global_step)
     finally:
         for writer in writers:
             writer.close()
     _write_csv(output_dir / "summary.csv", SUMMARY_COLUMNS, rows)
     _write_csv(output_dir / "curves.csv", CURVE_COLUMNS, _curve_rows(members, ensemble))
-    ridge_rows = _ridge_curve(ensemble, datamodule, members)
-    if ridge_rows:
+    if problem is not None:
+        ridge_rows = _ridge_curve(problem, members)
         _write_csv(output_dir / "ridge_curve.csv", RIDGE_COLUMNS, ridge_rows)
     return SweepResult(rows, output_dir)
 
@@ -296,13 +298,10 @@ def _linear_problem(
 def _add_linear_analysis(
     rows: list[dict[str, Any]],
     ensemble: WeightDecayEnsemble,
-    datamodule: LightningDataModule,
+    problem: tuple[torch.Tensor, ...],
     trainer: Trainer,
     initial: list[dict[str, torch.Tensor]],
 ) -> None:
-    problem = _linear_problem(ensemble, datamodule)
-    if problem is None:
-        return
     X_train, y_train, X_val, y_val = problem
     weights = ensemble.stacked_parameters()["weight"].detach().cpu()
     row_space = analysis.RowSpace(X_train)
@@ -346,12 +345,9 @@ def _plain_sgd_lr(trainer: Trainer) -> float | None:
 
 
 def _ridge_curve(
-    ensemble: WeightDecayEnsemble, datamodule: LightningDataModule, members: list[SweepMember]
+    problem: tuple[torch.Tensor, ...], members: list[SweepMember]
 ) -> list[dict[str, Any]]:
     """The closed-form solution on a log grid spanning the swept λ (plus λ = 0)."""
-    problem = _linear_problem(ensemble, datamodule)
-    if problem is None:
-        return []
     X_train, y_train, X_val, y_val = problem
     positive = sorted({m.weight_decay for m in members if m.weight_decay > 0})
     low, high = (positive[0] / 10, positive[-1] * 10) if positive else (1e-3, 1e3)

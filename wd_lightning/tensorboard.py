@@ -66,7 +66,10 @@ class RunWriter:
     def __init__(self, log_dir: str | Path) -> None:
         # Imported here: only runs that write events need the protobuf stack.
         from tensorboard.compat.proto.event_pb2 import Event
+        from tensorboard.compat.proto.summary_pb2 import Summary
         from tensorboard.summary.writer.record_writer import RecordWriter
+
+        self._event, self._summary = Event, Summary
 
         self.log_dir = Path(log_dir)
         self.log_dir.mkdir(parents=True, exist_ok=True)
@@ -93,10 +96,8 @@ class RunWriter:
 
     def add_summary(self, summary: Any, step: int) -> None:
         """Write a ``Summary`` protocol buffer (e.g. from ``torch.utils.tensorboard.summary``)."""
-        from tensorboard.compat.proto.event_pb2 import Event
-
         self._write_pending()
-        self._write(Event(wall_time=time.time(), step=step, summary=summary))
+        self._write(self._event(wall_time=time.time(), step=step, summary=summary))
 
     def flush(self) -> None:
         """Write everything given so far to disk."""
@@ -113,14 +114,12 @@ class RunWriter:
     def _write_pending(self) -> None:
         if not self._pending:
             return
-        from tensorboard.compat.proto.event_pb2 import Event
-        from tensorboard.compat.proto.summary_pb2 import Summary
-
-        values = [Summary.Value(tag=tag, simple_value=v) for tag, v in self._pending.items()]
+        values = [self._summary.Value(tag=tag, simple_value=v) for tag, v in self._pending.items()]
         self._pending = {}
-        self._write(
-            Event(wall_time=time.time(), step=self._pending_step, summary=Summary(value=values))
+        event = self._event(
+            wall_time=time.time(), step=self._pending_step, summary=self._summary(value=values)
         )
+        self._write(event)
 
     def _write(self, event: Any) -> None:
         self._records.write(event.SerializeToString())
