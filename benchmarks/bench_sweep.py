@@ -38,7 +38,7 @@ REPO = HERE.parent
 sys.path.insert(0, str(REPO))
 
 from wd_lightning.cli import WeightDecayCLI, main  # noqa: E402
-from wd_lightning.errors import TrainingDivergedError  # noqa: E402
+from wd_lightning.core.errors import TrainingDivergedError  # noqa: E402
 
 FIT_CONFIG = REPO / "configs" / "d2l_weight_decay.yaml"
 SWEEP_CONFIG = REPO / "configs" / "sweep.yaml"

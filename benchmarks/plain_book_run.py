@@ -19,7 +19,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
-from wd_lightning.data import EpochSeededSampler, make_linear_data
+from wd_lightning.training.data import EpochSeededSampler, make_linear_data
 
 
 def run(epochs: int = 100, weight_decay: float = 3.0, log_dir: str | None = None) -> float:

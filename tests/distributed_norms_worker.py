@@ -39,7 +39,7 @@ def _dtensor_rank(rank: int, port: int, out: str) -> None:
     from torch.distributed.device_mesh import init_device_mesh
     from torch.distributed.tensor import Replicate, Shard, distribute_tensor
 
-    from wd_lightning.norms import group_norm, snapshot, squared_distances, squared_norms
+    from wd_lightning.core.norms import group_norm, snapshot, squared_distances, squared_norms
 
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     dist.init_process_group("gloo", rank=rank, world_size=2)
@@ -118,7 +118,7 @@ def _full(tensor: torch.Tensor) -> torch.Tensor:
 def _reference_callback(recorder: _Recorder):
     from lightning.pytorch import Callback
 
-    from wd_lightning.cadence import logged_step
+    from wd_lightning.training.cadence import logged_step
 
     class Reference(Callback):
         """Whole-tensor norms before every optimizer step, and the weights it moved from."""

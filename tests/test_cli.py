@@ -10,7 +10,7 @@ import torch
 from tests.fits import CONFIGS, REPO
 from wd_lightning import LinearRegression, SyntheticRegressionDataModule
 from wd_lightning.cli import WeightDecayCLI, condense_parser_error, main
-from wd_lightning.tensorboard import read_scalars
+from wd_lightning.training.tensorboard import read_scalars
 
 QUIET = ["--trainer.enable_progress_bar", "false", "--trainer.enable_model_summary", "false"]
 

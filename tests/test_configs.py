@@ -7,7 +7,7 @@ import torch
 
 from tests.fits import CONFIGS
 from wd_lightning.cli import WeightDecayCLI, main
-from wd_lightning.plots import read_table
+from wd_lightning.sweep.plots import read_table
 
 SHIPPED = sorted(CONFIGS.glob("*.yaml"))
 # Sweep configs hold the grid (weight_decays, seeds) on top of a fit's sections.

@@ -15,26 +15,26 @@ __version__ = "0.1.0"
 
 # public name → the module that defines it
 _EXPORTS = {
-    "BatchMismatchError": "wd_lightning.errors",
-    "CheckpointError": "wd_lightning.errors",
-    "DecayRules": "wd_lightning.grouping",
-    "GroupOverride": "wd_lightning.grouping",
-    "HalfMSELoss": "wd_lightning.module",
-    "InvalidArgumentError": "wd_lightning.errors",
-    "LinearRegression": "wd_lightning.models",
-    "MLP": "wd_lightning.models",
-    "ParamGroupsReport": "wd_lightning.grouping",
-    "RandomStateCheckpoint": "wd_lightning.random_state",
-    "SyntheticClassificationDataModule": "wd_lightning.data",
-    "SyntheticRegressionDataModule": "wd_lightning.data",
-    "TrainingDivergedError": "wd_lightning.errors",
-    "TrainingInterruptedError": "wd_lightning.errors",
-    "WeightDecayEnsemble": "wd_lightning.ensemble",
-    "WeightDecayModule": "wd_lightning.module",
-    "WeightNormMonitor": "wd_lightning.callbacks",
-    "explain_param_groups": "wd_lightning.grouping",
-    "param_groups": "wd_lightning.grouping",
-    "run_sweep": "wd_lightning.sweep",
+    "BatchMismatchError": "wd_lightning.core.errors",
+    "CheckpointError": "wd_lightning.core.errors",
+    "DecayRules": "wd_lightning.core.grouping",
+    "GroupOverride": "wd_lightning.core.grouping",
+    "HalfMSELoss": "wd_lightning.training.module",
+    "InvalidArgumentError": "wd_lightning.core.errors",
+    "LinearRegression": "wd_lightning.training.models",
+    "MLP": "wd_lightning.training.models",
+    "ParamGroupsReport": "wd_lightning.core.grouping",
+    "RandomStateCheckpoint": "wd_lightning.training.random_state",
+    "SyntheticClassificationDataModule": "wd_lightning.training.data",
+    "SyntheticRegressionDataModule": "wd_lightning.training.data",
+    "TrainingDivergedError": "wd_lightning.core.errors",
+    "TrainingInterruptedError": "wd_lightning.core.errors",
+    "WeightDecayEnsemble": "wd_lightning.sweep.ensemble",
+    "WeightDecayModule": "wd_lightning.training.module",
+    "WeightNormMonitor": "wd_lightning.training.callbacks",
+    "explain_param_groups": "wd_lightning.core.grouping",
+    "param_groups": "wd_lightning.core.grouping",
+    "run_sweep": "wd_lightning.sweep.run",
 }
 
 __all__ = [
@@ -62,27 +62,27 @@ __all__ = [
 ]
 
 if TYPE_CHECKING:
-    from wd_lightning.callbacks import WeightNormMonitor
-    from wd_lightning.data import SyntheticClassificationDataModule, SyntheticRegressionDataModule
-    from wd_lightning.ensemble import WeightDecayEnsemble
-    from wd_lightning.errors import (
+    from wd_lightning.training.callbacks import WeightNormMonitor
+    from wd_lightning.training.data import SyntheticClassificationDataModule, SyntheticRegressionDataModule
+    from wd_lightning.sweep.ensemble import WeightDecayEnsemble
+    from wd_lightning.core.errors import (
         BatchMismatchError,
         CheckpointError,
         InvalidArgumentError,
         TrainingDivergedError,
         TrainingInterruptedError,
     )
-    from wd_lightning.grouping import (
+    from wd_lightning.core.grouping import (
         DecayRules,
         GroupOverride,
         ParamGroupsReport,
         explain_param_groups,
         param_groups,
     )
-    from wd_lightning.models import MLP, LinearRegression
-    from wd_lightning.module import HalfMSELoss, WeightDecayModule
-    from wd_lightning.random_state import RandomStateCheckpoint
-    from wd_lightning.sweep import run_sweep
+    from wd_lightning.training.models import MLP, LinearRegression
+    from wd_lightning.training.module import HalfMSELoss, WeightDecayModule
+    from wd_lightning.training.random_state import RandomStateCheckpoint
+    from wd_lightning.sweep.run import run_sweep
 
 
 def __getattr__(name: str) -> Any:

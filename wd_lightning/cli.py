@@ -21,17 +21,17 @@ from lightning.pytorch.trainer.states import TrainerFn
 from lightning.pytorch.utilities.exceptions import MisconfigurationException
 from lightning.pytorch.utilities.model_helpers import is_overridden
 
-from wd_lightning.callbacks import WeightNormMonitor
-from wd_lightning.checkpoints import check_state_dict, is_local_path, read_checkpoint
-from wd_lightning.errors import (
+from wd_lightning.training.callbacks import WeightNormMonitor
+from wd_lightning.training.checkpoints import check_state_dict, is_local_path, read_checkpoint
+from wd_lightning.core.errors import (
     InvalidArgumentError,
     TrainerArgumentError,
     TrainingDivergedError,
     TrainingInterruptedError,
 )
-from wd_lightning.interrupts import InterruptGuard
-from wd_lightning.random_state import RandomStateCheckpoint
-from wd_lightning.rundir import discard_unstarted_run
+from wd_lightning.training.interrupts import InterruptGuard
+from wd_lightning.training.random_state import RandomStateCheckpoint
+from wd_lightning.training.rundir import discard_unstarted_run
 
 __all__ = ["WeightDecayCLI", "main"]
 
@@ -134,11 +134,11 @@ class WeightDecayCLI(LightningCLI):
       random state (:class:`~wd_lightning.RandomStateCheckpoint`);
     * ``--ckpt_path`` is checked before anything is built: a missing,
       truncated or foreign file, or a checkpoint of another model, is a
-      one-line :class:`~wd_lightning.errors.CheckpointError`;
+      one-line :class:`~wd_lightning.core.errors.CheckpointError`;
     * a run that fails before its first optimizer step leaves no run directory;
     * SIGTERM, or a first SIGINT (Ctrl+C), stops a fit after the current batch
       with a checkpoint, and raises :class:`~wd_lightning.TrainingInterruptedError`
-      naming it (see :mod:`wd_lightning.interrupts`);
+      naming it (see :mod:`wd_lightning.training.interrupts`);
     * a fit ends with :func:`fit_summary`, printed by global rank zero.
     """
 
@@ -258,7 +258,7 @@ class WeightDecayCLI(LightningCLI):
     def sweep(self) -> None:
         """Run ``sweep``: every (λ, seed) member of the grid, then the summary and figures."""
         # Imported here: fit, validate and test never need the sweep's modules.
-        from wd_lightning.sweep import run_sweep
+        from wd_lightning.sweep.run import run_sweep
 
         config, trainer_config = self.config["sweep"], self.config_init["sweep"]["trainer"]
         try:
@@ -279,7 +279,7 @@ class WeightDecayCLI(LightningCLI):
         )
         print(result.table())
         if config["plot"]:
-            from wd_lightning.plots import write_figures
+            from wd_lightning.sweep.plots import write_figures
 
             for path in write_figures(result.output_dir):
                 print(f"figure: {path}")
@@ -479,7 +479,7 @@ def plot(args: Sequence[str]) -> None:
         help="λ values whose loss curves are drawn (default: 0 and 3, if swept)",
     )
     config = parser.parse_args(list(args))
-    from wd_lightning.plots import write_figures
+    from wd_lightning.sweep.plots import write_figures
 
     try:
         paths = write_figures(config.output_dir, config.weight_decays_shown)

@@ -8,7 +8,7 @@ import pytest
 import torch
 from hypothesis import assume, given
 
-from wd_lightning.manual import sgd_step
+from wd_lightning.core.manual import sgd_step
 from wd_lightning.testing import (
     DecayHyperparameters,
     ParamAndGrads,

@@ -26,9 +26,9 @@ from torch.utils.data import DataLoader
 from tests.fits import REPO, SignalAt, quiet_trainer
 from wd_lightning import RandomStateCheckpoint, SyntheticRegressionDataModule, WeightDecayModule
 from wd_lightning.cli import WeightDecayCLI, main
-from wd_lightning.data import already_batched
-from wd_lightning.errors import TrainingInterruptedError
-from wd_lightning.tensorboard import read_scalars
+from wd_lightning.core.errors import TrainingInterruptedError
+from wd_lightning.training.data import already_batched
+from wd_lightning.training.tensorboard import read_scalars
 
 QUIET = ["--trainer.enable_progress_bar", "false"]
 STEPS_PER_EPOCH = 4  # the book's 20 examples in batches of 5

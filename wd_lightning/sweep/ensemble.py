@@ -29,9 +29,9 @@ from lightning.pytorch import LightningModule
 from torch import Tensor, nn
 from torch.optim import Optimizer
 
-from wd_lightning.cadence import logged_step, logs_this_step
-from wd_lightning.errors import InvalidArgumentError
-from wd_lightning.module import HalfMSELoss, WeightDecayModule
+from wd_lightning.training.cadence import logged_step, logs_this_step
+from wd_lightning.core.errors import InvalidArgumentError
+from wd_lightning.training.module import HalfMSELoss, WeightDecayModule
 
 __all__ = ["ELEMENTWISE_OPTIMIZERS", "EnsembleRecord", "WeightDecayEnsemble"]
 
@@ -75,7 +75,7 @@ class WeightDecayEnsemble(LightningModule):
     ``param_groups_report``.
 
     Logged per member, through ``writers[i]`` (an object with
-    ``add_scalars(values, step)``, e.g. :class:`~wd_lightning.tensorboard.RunWriter`),
+    ``add_scalars(values, step)``, e.g. :class:`~wd_lightning.training.tensorboard.RunWriter`),
     with the tags and steps a fit of that member writes: ``train/loss``,
     ``val/loss`` and ``weight_norm/<group>`` / ``weight_norm/total``.
 

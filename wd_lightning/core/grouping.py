@@ -30,7 +30,7 @@ from typing import Any
 
 from torch import nn
 
-from wd_lightning.errors import InvalidArgumentError, check_finite_non_negative
+from wd_lightning.core.errors import InvalidArgumentError, check_finite_non_negative
 
 __all__ = [
     "DECAY",

@@ -16,7 +16,7 @@ from hypothesis import assume, example, given
 from hypothesis import strategies as st
 from torch import Tensor
 
-from wd_lightning.manual import (
+from wd_lightning.core.manual import (
     AdamState,
     SGDState,
     adam_step,

@@ -4,8 +4,8 @@ import pytest
 
 from wd_lightning import LinearRegression, SyntheticRegressionDataModule
 from wd_lightning.cli import main
-from wd_lightning.plots import FIGURES, write_figures
-from wd_lightning.sweep import run_sweep
+from wd_lightning.sweep.plots import FIGURES, write_figures
+from wd_lightning.sweep.run import run_sweep
 
 
 @pytest.fixture(scope="module")

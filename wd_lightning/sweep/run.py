@@ -2,7 +2,7 @@
 
 :func:`run_sweep` builds one module per (λ, seed) member, exactly as a fit
 with that λ and ``seed_everything(seed)`` would, trains them together as a
-:class:`~wd_lightning.ensemble.WeightDecayEnsemble`, and writes into
+:class:`~wd_lightning.sweep.ensemble.WeightDecayEnsemble`, and writes into
 ``output_dir``:
 
 * ``runs/wd=<λ>_seed=<seed>/``: one TensorBoard run per member, with the tags
@@ -11,7 +11,7 @@ with that λ and ``seed_everything(seed)`` would, trains them together as a
 * ``summary.csv``: one row per member (see :data:`SUMMARY_COLUMNS`);
 * ``curves.csv``: the training and held-out loss of every member per epoch;
 * ``ridge_curve.csv``: the closed-form solution over a fine λ grid, when the
-  model is the book's linear regression (see :mod:`wd_lightning.analysis`).
+  model is the book's linear regression (see :mod:`wd_lightning.core.analysis`).
 """
 
 from __future__ import annotations
@@ -28,11 +28,11 @@ import torch
 from lightning.pytorch import LightningDataModule, Trainer, seed_everything
 from torch import nn
 
-from wd_lightning import analysis
-from wd_lightning.ensemble import WeightDecayEnsemble
-from wd_lightning.errors import InvalidArgumentError
-from wd_lightning.module import HalfMSELoss, WeightDecayModule
-from wd_lightning.tensorboard import RunWriter
+from wd_lightning.core import analysis
+from wd_lightning.sweep.ensemble import WeightDecayEnsemble
+from wd_lightning.core.errors import InvalidArgumentError
+from wd_lightning.training.module import HalfMSELoss, WeightDecayModule
+from wd_lightning.training.tensorboard import RunWriter
 
 __all__ = [
     "SUMMARY_COLUMNS",

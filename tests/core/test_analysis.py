@@ -1,4 +1,4 @@
-"""The closed forms of ``wd_lightning.analysis`` against independent solves and real runs."""
+"""The closed forms of ``wd_lightning.core.analysis`` against independent solves and real runs."""
 
 import math
 
@@ -8,8 +8,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from tests.fits import WeightRecorder, fit_book
-from wd_lightning import analysis
-from wd_lightning.errors import InvalidArgumentError
+from wd_lightning.core import analysis
+from wd_lightning.core.errors import InvalidArgumentError
 
 
 def _problem(n: int, d: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:

@@ -19,7 +19,7 @@ from lightning.pytorch import LightningDataModule
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
-from wd_lightning.errors import (
+from wd_lightning.core.errors import (
     InvalidArgumentError,
     check_finite,
     check_finite_non_negative,

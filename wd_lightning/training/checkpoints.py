@@ -4,7 +4,7 @@
 in its own internal terms (a miniz error, ``KeyError: 101``, a missing
 ``'pytorch-lightning_version'``), often several calls deep inside Lightning.
 :func:`read_checkpoint` checks the file before anything else uses it and
-raises :class:`~wd_lightning.errors.CheckpointError` naming the path and what
+raises :class:`~wd_lightning.core.errors.CheckpointError` naming the path and what
 was expected instead.
 
 Files are read with ``weights_only=True``: torch's restricted unpickler, which
@@ -24,7 +24,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from wd_lightning.errors import CheckpointError
+from wd_lightning.core.errors import CheckpointError
 
 __all__ = ["check_state_dict", "is_local_path", "read_checkpoint"]
 
@@ -82,7 +82,7 @@ def read_checkpoint(
         ...     torch.save(torch.zeros(3), f"{folder}/tensor.pt")
         ...     read_checkpoint(f"{folder}/tensor.pt", "--ckpt_path")  # doctest: +ELLIPSIS
         Traceback (most recent call last):
-        wd_lightning.errors.CheckpointError: --ckpt_path='.../tensor.pt' ... holds a Tensor
+        wd_lightning.core.errors.CheckpointError: --ckpt_path='.../tensor.pt' ... holds a Tensor
     """
     shown = os.fspath(path)
 
@@ -143,7 +143,7 @@ def check_state_dict(
         >>> check_state_dict(nn.Linear(3, 1), nn.Linear(4, 1).state_dict(), "a.ckpt")
         ... # doctest: +ELLIPSIS
         Traceback (most recent call last):
-        wd_lightning.errors.CheckpointError: ... weight has shape [1, 4] in the checkpoint and ...
+        wd_lightning.core.errors.CheckpointError: ... weight has shape [1, 4] in the checkpoint and ...
     """
     own = module.state_dict()
     problem = None

@@ -27,7 +27,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from wd_lightning.errors import InvalidArgumentError, check_finite_non_negative
+from wd_lightning.core.errors import InvalidArgumentError, check_finite_non_negative
 
 __all__ = [
     "LinearSolution",

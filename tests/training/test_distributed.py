@@ -29,8 +29,8 @@ from lightning.pytorch.strategies import ModelParallelStrategy
 from tests.fits import REPO
 from wd_lightning import InvalidArgumentError, WeightDecayModule
 from wd_lightning.cli import WeightDecayCLI, fit_summary, main
-from wd_lightning.data import EpochSeededSampler
-from wd_lightning.tensorboard import read_scalars
+from wd_lightning.training.data import EpochSeededSampler
+from wd_lightning.training.tensorboard import read_scalars
 
 QUIET = ["--trainer.enable_progress_bar", "false"]
 # Weights after six or eight steps of a 2-process run against one process with

@@ -2,7 +2,7 @@ import pytest
 import torch
 
 from wd_lightning import InvalidArgumentError, SyntheticRegressionDataModule
-from wd_lightning.data import EpochSeededSampler, make_linear_data
+from wd_lightning.training.data import EpochSeededSampler, make_linear_data
 
 
 def test_book_defaults_and_shapes():

@@ -5,9 +5,9 @@ import torch
 from torch import nn
 
 from wd_lightning import LinearRegression, WeightDecayModule
-from wd_lightning.ensemble import WeightDecayEnsemble
-from wd_lightning.errors import InvalidArgumentError
-from wd_lightning.models import MLP
+from wd_lightning.core.errors import InvalidArgumentError
+from wd_lightning.sweep.ensemble import WeightDecayEnsemble
+from wd_lightning.training.models import MLP
 
 OPTIMIZERS = {
     "sgd": lambda params: torch.optim.SGD(params, lr=0.05),

@@ -21,17 +21,17 @@ from torch import Tensor, nn
 from torch.optim import Optimizer
 from torchmetrics import Metric, MetricCollection
 
-from wd_lightning.cadence import logs_this_step
-from wd_lightning.checkpoints import is_local_path, read_checkpoint
-from wd_lightning.errors import (
+from wd_lightning.training.cadence import logs_this_step
+from wd_lightning.training.checkpoints import is_local_path, read_checkpoint
+from wd_lightning.core.errors import (
     BatchMismatchError,
     CheckpointError,
     InvalidArgumentError,
     TrainingDivergedError,
     check_finite_non_negative,
 )
-from wd_lightning.grouping import DecayRules, ParamGroupsReport, explain_param_groups
-from wd_lightning.norms import _dtensor_type, squared_norms
+from wd_lightning.core.grouping import DecayRules, ParamGroupsReport, explain_param_groups
+from wd_lightning.core.norms import _dtensor_type, squared_norms
 
 __all__ = ["HalfMSELoss", "Penalty", "WeightDecayModule"]
 
@@ -152,7 +152,7 @@ class WeightDecayModule(LightningModule):
         Differences: ``weights_only`` defaults to ``True`` (torch's restricted
         unpickler, whatever the torch version: a checkpoint cannot run code while
         it loads), and a missing, truncated or foreign file, or a checkpoint of
-        another model, raises :class:`~wd_lightning.errors.CheckpointError`
+        another model, raises :class:`~wd_lightning.core.errors.CheckpointError`
         naming the path and what was expected. Pass ``weights_only=False`` only
         for files you trust that hold objects safe loading refuses.
 

@@ -14,9 +14,9 @@ from lightning.pytorch.strategies import DeepSpeedStrategy, FSDPStrategy
 from torch import Tensor
 from torch.optim import Optimizer
 
-from wd_lightning.cadence import logged_step, logs_this_step
-from wd_lightning.errors import InvalidArgumentError, check_int_at_least
-from wd_lightning.norms import (
+from wd_lightning.training.cadence import logged_step, logs_this_step
+from wd_lightning.core.errors import InvalidArgumentError, check_int_at_least
+from wd_lightning.core.norms import (
     _dtensor_type,
     segment_norms,
     snapshot,

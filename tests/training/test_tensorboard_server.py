@@ -14,7 +14,7 @@ from lightning.pytorch.loggers import TensorBoardLogger
 
 from tests.fits import quiet_trainer
 from wd_lightning import LinearRegression, SyntheticRegressionDataModule, WeightNormMonitor
-from wd_lightning.tensorboard import read_scalars
+from wd_lightning.training.tensorboard import read_scalars
 
 HOST = "127.0.0.1"
 RUN = "run/version_0"

@@ -17,7 +17,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from wd_lightning.errors import InvalidArgumentError
+from wd_lightning.core.errors import InvalidArgumentError
 
 __all__ = ["read_table", "write_figures"]
 
@@ -49,7 +49,7 @@ def write_figures(
     """Draw the sweep in ``output_dir`` into ``output_dir/figures/*.png``; returns the paths.
 
     Args:
-        output_dir: a folder written by :func:`wd_lightning.sweep.run_sweep`.
+        output_dir: a folder written by :func:`wd_lightning.sweep.run.run_sweep`.
         weight_decays_shown: the λ values whose loss curves are drawn; by
             default 0 and 3 (the article's pair) where swept, otherwise the
             smallest and largest λ that trained without diverging.

@@ -9,7 +9,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from tests.fits import REPO
-from wd_lightning.norms import (
+from wd_lightning.core.norms import (
     group_norm,
     segment_norms,
     snapshot,

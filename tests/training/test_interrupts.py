@@ -4,7 +4,7 @@ import signal
 import pytest
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
-from wd_lightning.interrupts import InterruptGuard
+from wd_lightning.training.interrupts import InterruptGuard
 
 
 def send(signum: signal.Signals) -> None:

@@ -9,14 +9,14 @@ from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from torch import Tensor, nn
 from torchmetrics import MeanSquaredError
 
-from wd_lightning.errors import (
+from wd_lightning.core.errors import (
     InvalidArgumentError,
     check_finite,
     check_finite_non_negative,
     check_int_at_least,
 )
-from wd_lightning.grouping import DecayRules
-from wd_lightning.module import HalfMSELoss, Penalty, WeightDecayModule
+from wd_lightning.core.grouping import DecayRules
+from wd_lightning.training.module import HalfMSELoss, Penalty, WeightDecayModule
 
 __all__ = ["MLP", "LinearRegression"]
 

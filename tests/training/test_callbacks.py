@@ -7,16 +7,16 @@ from lightning.pytorch.loggers import TensorBoardLogger
 from torch import nn
 
 from tests.fits import quiet_trainer
-from tests.test_norms import run_worker
+from tests.core.test_norms import run_worker
 from wd_lightning import (
     InvalidArgumentError,
     LinearRegression,
     SyntheticRegressionDataModule,
     WeightDecayModule,
     WeightNormMonitor,
-    callbacks,
 )
-from wd_lightning.tensorboard import read_scalars
+from wd_lightning.training import callbacks
+from wd_lightning.training.tensorboard import read_scalars
 
 
 class _NormsBeforeEachStep(Callback):

@@ -7,7 +7,7 @@ from lightning.pytorch.loggers import TensorBoardLogger
 from tests.fits import quiet_trainer
 from wd_lightning import LinearRegression, SyntheticRegressionDataModule
 from wd_lightning.cli import WeightDecayCLI
-from wd_lightning.rundir import discard_unstarted_run
+from wd_lightning.training.rundir import discard_unstarted_run
 
 
 def test_api_checkpoint_loads_with_weights_only_even_with_a_numpy_lambda(tmp_path):

@@ -1,4 +1,4 @@
-"""The hand-written updates in wd_lightning.manual: values worked out on paper, purity, checks.
+"""The hand-written updates in wd_lightning.core.manual: values worked out on paper, purity, checks.
 
 Agreement with torch.optim is the property suite's job (test_weight_decay_properties.py).
 """
@@ -14,8 +14,8 @@ import torch
 from hypothesis import given
 from hypothesis import strategies as st
 
-from wd_lightning import manual
-from wd_lightning.manual import (
+from wd_lightning.core import manual
+from wd_lightning.core.manual import (
     AdamState,
     SGDState,
     adam_step,

@@ -2,7 +2,7 @@ import math
 
 import pytest
 
-from wd_lightning.errors import (
+from wd_lightning.core.errors import (
     InvalidArgumentError,
     check_finite,
     check_finite_non_negative,

@@ -8,10 +8,10 @@ import pytest
 
 from tests.fits import CONFIGS
 from wd_lightning.cli import main
-from wd_lightning.errors import InvalidArgumentError
-from wd_lightning.plots import read_table
-from wd_lightning.sweep import SUMMARY_COLUMNS, sweep_members
-from wd_lightning.tensorboard import read_scalars
+from wd_lightning.core.errors import InvalidArgumentError
+from wd_lightning.sweep.plots import read_table
+from wd_lightning.sweep.run import SUMMARY_COLUMNS, sweep_members
+from wd_lightning.training.tensorboard import read_scalars
 
 QUIET = ["--trainer.enable_progress_bar", "false"]
 COMPARED_TAGS = ("train/loss", "val/loss", "weight_norm/decay", "weight_norm/no_decay")
