@@ -41,9 +41,9 @@ from torch.nn import functional as F
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from wd_lightning.training.callbacks import _Plan  # noqa: E402
 from wd_lightning.core.grouping import param_groups  # noqa: E402
 from wd_lightning.core.norms import snapshot, squared_distances, squared_norms  # noqa: E402
+from wd_lightning.training.callbacks import _Plan  # noqa: E402
 
 
 # ------------------------------------------------------------------- model

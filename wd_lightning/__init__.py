@@ -62,9 +62,6 @@ __all__ = [
 ]
 
 if TYPE_CHECKING:
-    from wd_lightning.training.callbacks import WeightNormMonitor
-    from wd_lightning.training.data import SyntheticClassificationDataModule, SyntheticRegressionDataModule
-    from wd_lightning.sweep.ensemble import WeightDecayEnsemble
     from wd_lightning.core.errors import (
         BatchMismatchError,
         CheckpointError,
@@ -79,10 +76,16 @@ if TYPE_CHECKING:
         explain_param_groups,
         param_groups,
     )
+    from wd_lightning.sweep.ensemble import WeightDecayEnsemble
+    from wd_lightning.sweep.run import run_sweep
+    from wd_lightning.training.callbacks import WeightNormMonitor
+    from wd_lightning.training.data import (
+        SyntheticClassificationDataModule,
+        SyntheticRegressionDataModule,
+    )
     from wd_lightning.training.models import MLP, LinearRegression
     from wd_lightning.training.module import HalfMSELoss, WeightDecayModule
     from wd_lightning.training.random_state import RandomStateCheckpoint
-    from wd_lightning.sweep.run import run_sweep
 
 
 def __getattr__(name: str) -> Any:

@@ -21,14 +21,14 @@ from lightning.pytorch.trainer.states import TrainerFn
 from lightning.pytorch.utilities.exceptions import MisconfigurationException
 from lightning.pytorch.utilities.model_helpers import is_overridden
 
-from wd_lightning.training.callbacks import WeightNormMonitor
-from wd_lightning.training.checkpoints import check_state_dict, is_local_path, read_checkpoint
 from wd_lightning.core.errors import (
     InvalidArgumentError,
     TrainerArgumentError,
     TrainingDivergedError,
     TrainingInterruptedError,
 )
+from wd_lightning.training.callbacks import WeightNormMonitor
+from wd_lightning.training.checkpoints import check_state_dict, is_local_path, read_checkpoint
 from wd_lightning.training.interrupts import InterruptGuard
 from wd_lightning.training.random_state import RandomStateCheckpoint
 from wd_lightning.training.rundir import discard_unstarted_run

@@ -6,8 +6,8 @@ from lightning.pytorch import Callback, LightningModule, seed_everything
 from lightning.pytorch.loggers import TensorBoardLogger
 from torch import nn
 
-from tests.fits import quiet_trainer
 from tests.core.test_norms import run_worker
+from tests.fits import quiet_trainer
 from wd_lightning import (
     InvalidArgumentError,
     LinearRegression,

@@ -29,8 +29,8 @@ from lightning.pytorch import LightningModule
 from torch import Tensor, nn
 from torch.optim import Optimizer
 
-from wd_lightning.training.cadence import logged_step, logs_this_step
 from wd_lightning.core.errors import InvalidArgumentError
+from wd_lightning.training.cadence import logged_step, logs_this_step
 from wd_lightning.training.module import HalfMSELoss, WeightDecayModule
 
 __all__ = ["ELEMENTWISE_OPTIMIZERS", "EnsembleRecord", "WeightDecayEnsemble"]

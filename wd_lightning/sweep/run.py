@@ -29,8 +29,8 @@ from lightning.pytorch import LightningDataModule, Trainer, seed_everything
 from torch import nn
 
 from wd_lightning.core import analysis
-from wd_lightning.sweep.ensemble import WeightDecayEnsemble
 from wd_lightning.core.errors import InvalidArgumentError
+from wd_lightning.sweep.ensemble import WeightDecayEnsemble
 from wd_lightning.training.module import HalfMSELoss, WeightDecayModule
 from wd_lightning.training.tensorboard import RunWriter
 

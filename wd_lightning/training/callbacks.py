@@ -14,7 +14,6 @@ from lightning.pytorch.strategies import DeepSpeedStrategy, FSDPStrategy
 from torch import Tensor
 from torch.optim import Optimizer
 
-from wd_lightning.training.cadence import logged_step, logs_this_step
 from wd_lightning.core.errors import InvalidArgumentError, check_int_at_least
 from wd_lightning.core.norms import (
     _dtensor_type,
@@ -23,6 +22,7 @@ from wd_lightning.core.norms import (
     squared_distances,
     squared_norms,
 )
+from wd_lightning.training.cadence import logged_step, logs_this_step
 
 __all__ = ["WeightNormMonitor"]
 

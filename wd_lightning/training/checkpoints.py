@@ -143,7 +143,7 @@ def check_state_dict(
         >>> check_state_dict(nn.Linear(3, 1), nn.Linear(4, 1).state_dict(), "a.ckpt")
         ... # doctest: +ELLIPSIS
         Traceback (most recent call last):
-        wd_lightning.core.errors.CheckpointError: ... weight has shape [1, 4] in the checkpoint and ...
+        wd_lightning.core.errors.CheckpointError: ... weight has shape [1, 4] in the checkpoint ...
     """
     own = module.state_dict()
     problem = None

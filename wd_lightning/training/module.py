@@ -21,8 +21,6 @@ from torch import Tensor, nn
 from torch.optim import Optimizer
 from torchmetrics import Metric, MetricCollection
 
-from wd_lightning.training.cadence import logs_this_step
-from wd_lightning.training.checkpoints import is_local_path, read_checkpoint
 from wd_lightning.core.errors import (
     BatchMismatchError,
     CheckpointError,
@@ -32,6 +30,8 @@ from wd_lightning.core.errors import (
 )
 from wd_lightning.core.grouping import DecayRules, ParamGroupsReport, explain_param_groups
 from wd_lightning.core.norms import _dtensor_type, squared_norms
+from wd_lightning.training.cadence import logs_this_step
+from wd_lightning.training.checkpoints import is_local_path, read_checkpoint
 
 __all__ = ["HalfMSELoss", "Penalty", "WeightDecayModule"]
 
