@@ -14,9 +14,8 @@ from typing import Any, NoReturn
 from jsonargparse import ArgumentParser, Namespace
 from jsonargparse._deprecated import JsonargparseDeprecationWarning
 from lightning.pytorch import Callback, LightningDataModule, LightningModule, Trainer
-from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.callbacks import ModelCheckpoint, ProgressBar
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
-from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.trainer.states import TrainerFn
 from lightning.pytorch.utilities.exceptions import MisconfigurationException
 from lightning.pytorch.utilities.model_helpers import is_overridden
@@ -30,6 +29,11 @@ from wd_lightning.core.errors import (
 from wd_lightning.training.callbacks import WeightNormMonitor
 from wd_lightning.training.checkpoints import check_state_dict, is_local_path, read_checkpoint
 from wd_lightning.training.interrupts import InterruptGuard
+from wd_lightning.training.logging import (
+    BufferedTensorBoardLogger,
+    FlushLoggersAtEpochEnd,
+    TimedProgressBar,
+)
 from wd_lightning.training.random_state import RandomStateCheckpoint
 from wd_lightning.training.rundir import discard_unstarted_run
 
@@ -206,10 +210,14 @@ class WeightDecayCLI(LightningCLI):
     def instantiate_trainer(self, **kwargs: Any) -> Trainer:
         """The trainer, with this CLI's defaults for what the user left unset.
 
-        * Logger: Lightning's default TensorBoard logger (logs still go to
-          ``<default_root_dir>/lightning_logs/version_N``) without its
+        * Logger: a :class:`~wd_lightning.training.logging.BufferedTensorBoardLogger`
+          (the same event files as Lightning's default TensorBoard logger, in
+          ``<default_root_dir>/lightning_logs/version_N``, flushed every 2 s and
+          at each epoch end instead of after every value) without its
           ``hp_metric = -1`` placeholder: the weight-norm monitor fills the
           HPARAMS tab with real final metrics.
+        * Progress bar: a :class:`~wd_lightning.training.logging.TimedProgressBar`
+          (redrawn at most twice a second), unless the bar is off or one is given.
         * Checkpoints: :func:`default_checkpoint` instead of a checkpoint after
           every epoch, unless checkpointing is off or a ModelCheckpoint is given.
         * :class:`~wd_lightning.RandomStateCheckpoint`, unless one is given, so
@@ -218,9 +226,15 @@ class WeightDecayCLI(LightningCLI):
         config = self._get(self.config_init, "trainer", default={})
         if config.get("logger") in (None, True) and "logger" not in kwargs:
             save_dir = config.get("default_root_dir") or os.getcwd()
-            kwargs["logger"] = TensorBoardLogger(save_dir=save_dir, default_hp_metric=False)
+            kwargs["logger"] = BufferedTensorBoardLogger(save_dir=save_dir, default_hp_metric=False)
         callbacks = config.get("callbacks") or []
         callbacks = list(callbacks) if isinstance(callbacks, list) else [callbacks]
+        if isinstance(kwargs.get("logger"), BufferedTensorBoardLogger):
+            callbacks.append(FlushLoggersAtEpochEnd())
+        if config.get("enable_progress_bar") is not False and not any(
+            isinstance(callback, ProgressBar) for callback in callbacks
+        ):
+            callbacks.append(TimedProgressBar())
         if config.get("enable_checkpointing") is not False and not any(
             isinstance(callback, ModelCheckpoint) for callback in callbacks
         ):
