@@ -288,6 +288,8 @@ class WeightDecayCLI(LightningCLI):
         except ValueError as error:
             # Building a member from the config wraps the model's own errors.
             self._raise_as_option_error(error)
+        if not result.is_global_zero:  # split across processes: rank zero reports
+            return
         self._parser("sweep").save(
             config, result.output_dir / "config.yaml", skip_none=False, overwrite=True
         )

@@ -184,7 +184,10 @@ def test_an_earlier_sweep_is_not_overwritten_unless_asked(tmp_path, capsys):
         (["--weight_decays", "[3, 3]"], "distinct values"),
         (["--seeds", "[-2]"], "--seeds=-2 is not allowed"),
         (["--weight_decays", "[abc]"], "--weight_decays"),
-        (["--trainer.devices", "2", "--trainer.accelerator", "cpu"], "--trainer.devices"),
+        (
+            ["--trainer.devices", "2", "--trainer.strategy", "ddp_spawn"],
+            "--trainer.strategy",
+        ),
         (["--trainer.gradient_clip_val", "1.0"], "--trainer.gradient_clip_algorithm"),
     ],
 )

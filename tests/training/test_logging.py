@@ -5,6 +5,7 @@ import signal
 import subprocess
 import sys
 import time
+import types
 from pathlib import Path
 
 import pytest
@@ -85,10 +86,8 @@ def test_epoch_end_callback_flushes_the_buffered_events(tmp_path):
     logger.log_metrics({"train/loss": 1.0}, step=0)
     assert read_scalars(logger.log_dir) == {}  # still in the file's buffer
 
-    class Trainer:
-        loggers = [logger]
-
-    FlushLoggersAtEpochEnd().on_train_epoch_end(Trainer(), None)
+    trainer = types.SimpleNamespace(loggers=[logger])
+    FlushLoggersAtEpochEnd().on_train_epoch_end(trainer, None)
     assert read_scalars(logger.log_dir) == {"train/loss": [(0, 1.0)]}
     logger.finalize("success")
 

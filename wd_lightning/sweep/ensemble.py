@@ -76,12 +76,15 @@ class WeightDecayEnsemble(LightningModule):
 
     Logged per member, through ``writers[i]`` (an object with
     ``add_scalars(values, step)``, e.g. :class:`~wd_lightning.training.tensorboard.RunWriter`),
-    with the tags and steps a fit of that member writes: ``train/loss``,
+    or for all members at once through a writer with ``add_table(tags, values,
+    step, runs)`` (:class:`~wd_lightning.training.scalar_runs.ScalarRuns`), with
+    the tags and steps a fit of that member writes: ``train/loss``,
     ``val/loss`` and ``weight_norm/<group>`` / ``weight_norm/total``.
 
     Args:
         members: the modules to train together (at least one).
-        writers: one writer per member, or ``None`` to log nothing.
+        writers: one writer per member, a ``ScalarRuns`` with one run per
+            member, or ``None`` to log nothing.
 
     Example:
         >>> import torch
@@ -103,7 +106,9 @@ class WeightDecayEnsemble(LightningModule):
             raise InvalidArgumentError("writers", len(writers), f"{len(members)}, one per member")
         template = members[0]
         self.num_members = len(members)
-        self.writers = list(writers) if writers is not None else None
+        # A table writer encodes every member's values at once; others get them one by one.
+        table_writer = writers is None or hasattr(writers, "add_table")
+        self.writers = writers if table_writer else list(writers)
         # The template's modules run the maths; they are kept out of this module's
         # state so that only the stacked tensors are parameters.
         object.__setattr__(self, "_skeleton", template.model)
@@ -327,7 +332,11 @@ class WeightDecayEnsemble(LightningModule):
     def _write(self, values: dict[str, Tensor], step: int) -> None:
         # One host synchronisation for every member's values.
         tags = list(values)
-        table = torch.stack([values[tag].float() for tag in tags], dim=1).tolist()
+        table = torch.stack([values[tag].float() for tag in tags], dim=1)
+        if hasattr(self.writers, "add_table"):
+            self.writers.add_table(tags, table, step, self.alive)
+            return
+        table = table.tolist()
         alive = self.alive.tolist()
         for writer, row, is_alive in zip(self.writers, table, alive, strict=True):
             if is_alive:

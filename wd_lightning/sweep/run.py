@@ -16,23 +16,36 @@ with that λ and ``seed_everything(seed)`` would, trains them together as a
 
 from __future__ import annotations
 
+import copy
 import csv
 import math
 import shutil
+import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
-from lightning.pytorch import LightningDataModule, Trainer, seed_everything
+from lightning.pytorch import (
+    Callback,
+    LightningDataModule,
+    LightningModule,
+    Trainer,
+    seed_everything,
+)
 from torch import nn
 
 from wd_lightning.core import analysis
 from wd_lightning.core.errors import InvalidArgumentError
+from wd_lightning.sweep.distributed import (
+    MemberParallelStrategy,
+    gather_to_rank_zero,
+    member_share,
+)
 from wd_lightning.sweep.ensemble import WeightDecayEnsemble
 from wd_lightning.training.module import HalfMSELoss, WeightDecayModule
-from wd_lightning.training.tensorboard import RunWriter
+from wd_lightning.training.scalar_runs import ScalarRuns
 
 __all__ = [
     "SUMMARY_COLUMNS",
@@ -69,12 +82,18 @@ SUMMARY_COLUMNS = (
 CURVE_COLUMNS = ("weight_decay", "seed", "epoch", "step", "train_loss", "val_loss")
 RIDGE_COLUMNS = ("weight_decay", "ridge_weight_norm", "ridge_train_loss", "ridge_val_loss")
 
-# Trainer settings a sweep owns: it writes its own per-member logs and files.
+# Trainer settings a sweep owns: it writes its own per-member logs and files,
+# and every member sees every batch in the same order, whatever the processes.
 _SWEEP_TRAINER_SETTINGS = {
     "logger": False,
     "enable_checkpointing": False,
     "enable_model_summary": False,
+    "use_distributed_sampler": False,
 }
+# The longest a member's events wait in memory: a flush appends to every
+# member's file, which for ten thousand members takes a noticeable moment.
+FLUSH_SECONDS = 10.0
+_ROW_END = "\r\n"  # what csv writers end rows with
 _OUTPUTS = ("runs", "summary.csv", "curves.csv", "ridge_curve.csv", "figures", "config.yaml")
 
 
@@ -120,10 +139,15 @@ def sweep_members(weight_decays: Iterable[Any], seeds: Iterable[Any]) -> list[Sw
 
 @dataclass
 class SweepResult:
-    """The rows of ``summary.csv`` and where the sweep's files are."""
+    """The rows of ``summary.csv`` and where the sweep's files are.
+
+    In a sweep split across processes, global rank zero holds every row;
+    the other processes get ``rows == []`` and ``is_global_zero`` false.
+    """
 
     rows: list[dict[str, Any]]
     output_dir: Path
+    is_global_zero: bool = True
 
     def table(self) -> str:
         """The summary as a fixed-width table (what the CLI prints)."""
@@ -171,36 +195,195 @@ def run_sweep(
         [(0.0, 14.12), (3.0, 0.39)]
     """
     members = sweep_members(weight_decays, seeds)
-    output_dir = _prepare_output_dir(Path(output_dir), overwrite)
     trainer = _sweep_trainer(trainer_kwargs or {})
-    modules = []
-    for member in members:
-        seed_everything(member.seed, workers=True, verbose=False)
-        module = build_module(member.weight_decay)
-        if not isinstance(module, WeightDecayModule):
-            raise InvalidArgumentError(
-                "model", type(module).__name__, "a WeightDecayModule (e.g. LinearRegression)"
-            )
-        modules.append(module)
-    initial = [{n: p.detach().clone() for n, p in m.model.named_parameters()} for m in modules]
-    writers = [RunWriter(output_dir / "runs" / member.run_name) for member in members]
+    rank, world_size = trainer.global_rank, trainer.world_size
+    output_dir = Path(output_dir)
+    if rank == 0:
+        # Before any process writes: the others write only once training has
+        # started, after every process has joined the process group.
+        _prepare_output_dir(output_dir, overwrite)
+    share = member_share(len(members), rank, world_size)
+    local = members[share.start : share.stop]
+    modules, initial = _build_members(build_module, local)
+    writers = ScalarRuns(
+        [output_dir / "runs" / member.run_name for member in local], flush_seconds=FLUSH_SECONDS
+    )
+    part = output_dir / ("curves.csv" if world_size == 1 else f"curves.csv.rank{rank}")
+    curves = CurveStream(part, local, header=world_size == 1)
+    trainer.callbacks.append(curves)
     try:
         ensemble = WeightDecayEnsemble(modules, writers)
+        del modules  # the ensemble holds the stacked copies; the members can go
         trainer.fit(ensemble, datamodule)
-        rows = _summary_rows(members, ensemble, trainer, initial)
+        rows = _summary_rows(local, ensemble, trainer, initial)
         problem = _linear_problem(ensemble, datamodule)
         if problem is not None:
             _add_linear_analysis(rows, ensemble, problem, trainer, initial)
-        _write_hparams(writers, members, rows, trainer.global_step)
+        _write_hparams(writers, local, rows, trainer.global_step)
     finally:
-        for writer in writers:
-            writer.close()
+        writers.close()
+        curves.close()
+    rows = gather_to_rank_zero(rows, world_size)
+    if rank != 0:
+        return SweepResult([], output_dir, is_global_zero=False)
     _write_csv(output_dir / "summary.csv", SUMMARY_COLUMNS, rows)
-    _write_csv(output_dir / "curves.csv", CURVE_COLUMNS, _curve_rows(members, ensemble))
+    if world_size > 1:
+        sizes = [len(member_share(len(members), r, world_size)) for r in range(world_size)]
+        _merge_curve_parts(output_dir, sizes)
     if problem is not None:
         ridge_rows = _ridge_curve(problem, members)
         _write_csv(output_dir / "ridge_curve.csv", RIDGE_COLUMNS, ridge_rows)
     return SweepResult(rows, output_dir)
+
+
+def _build_members(
+    build_module: Callable[[float], WeightDecayModule], members: Sequence[SweepMember]
+) -> tuple[list[WeightDecayModule], list[dict[str, torch.Tensor]]]:
+    """One module per member, as a fit would build it, and each member's initial parameters.
+
+    Building a module (parsing its configuration, grouping its parameters,
+    checking its optimizer) costs milliseconds, a member of the book's sweep
+    microseconds to train. So a module is built once per seed (its initial
+    weights) and once per λ (its parameter groups); each member is a shallow
+    copy of its seed's module carrying its λ's groups, sharing the seed's
+    tensors until the ensemble stacks them. That is the same member as a
+    build of its own as long as the initial weights depend on the seed alone,
+    which is checked on the first seed for every λ: a builder whose draws
+    depend on λ gets every member built on its own.
+    """
+    by_seed: dict[int, WeightDecayModule] = {}
+    by_weight_decay: dict[float, WeightDecayModule] = {}
+    first_seed = members[0].seed if members else 0
+    for member in members:
+        if member.seed not in by_seed:
+            by_seed[member.seed] = _build(build_module, member)
+    for member in members:
+        if member.weight_decay not in by_weight_decay:
+            seeded = SweepMember(member.weight_decay, first_seed)
+            by_weight_decay[member.weight_decay] = _build(build_module, seeded)
+    reference = _parameters(by_seed[first_seed]) if members else {}
+    if not all(
+        _same_tensors(_parameters(module), reference) for module in by_weight_decay.values()
+    ):
+        modules = [_build(build_module, member) for member in members]
+        return modules, [_parameters(module) for module in modules]
+
+    modules = []
+    for member in members:
+        module = copy.copy(by_seed[member.seed])
+        grouped = by_weight_decay[member.weight_decay]
+        module.weight_decay = grouped.weight_decay
+        module.param_groups_report = grouped.param_groups_report
+        modules.append(module)
+    initial = {seed: _parameters(module) for seed, module in by_seed.items()}
+    return modules, [initial[member.seed] for member in members]
+
+
+def _build(
+    build_module: Callable[[float], WeightDecayModule], member: SweepMember
+) -> WeightDecayModule:
+    seed_everything(member.seed, workers=True, verbose=False)
+    module = build_module(member.weight_decay)
+    if not isinstance(module, WeightDecayModule):
+        raise InvalidArgumentError(
+            "model", type(module).__name__, "a WeightDecayModule (e.g. LinearRegression)"
+        )
+    return module
+
+
+def _parameters(module: WeightDecayModule) -> dict[str, torch.Tensor]:
+    return {name: p.detach().clone() for name, p in module.model.named_parameters()}
+
+
+def _same_tensors(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> bool:
+    return a.keys() == b.keys() and all(torch.equal(a[name], b[name]) for name in a)
+
+
+class CurveStream(Callback):
+    """Appends every member's training and held-out loss to ``curves.csv`` as epochs end.
+
+    Rows go out epoch by epoch (all members of epoch 0, then of epoch 1, ...),
+    and the ensemble's record keeps only what the summary needs, so a sweep's
+    memory does not grow with its length. ``train_loss`` is the epoch's mean
+    training loss, ``val_loss`` the last validation of the epoch; ``step`` the
+    later of their steps.
+    """
+
+    def __init__(self, path: Path, members: Sequence[SweepMember], header: bool = True) -> None:
+        self.path = path
+        self._prefixes = [f"{m.weight_decay!r},{m.seed}," for m in members]
+        self._handle = path.open("w", newline="")
+        if header:
+            self._handle.write(",".join(CURVE_COLUMNS) + _ROW_END)
+        self._written_through = -1  # the last epoch written
+
+    def on_train_epoch_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        self._write(pl_module, before_epoch=trainer.current_epoch)
+
+    def on_train_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        # Callbacks run before the module's own hook; the last epoch's mean is in by now.
+        self._write(pl_module, before_epoch=None)
+
+    def close(self) -> None:
+        """Close the file (also when training failed)."""
+        self._handle.close()
+
+    def _write(self, ensemble: Any, before_epoch: int | None) -> None:
+        record = ensemble.record
+        by_epoch: dict[int, dict[str, Any]] = {}
+        for key, series in (("train_loss", record.train_loss), ("val_loss", record.val_loss)):
+            for epoch, step, values in series:
+                done = before_epoch is None or epoch < before_epoch
+                if epoch <= self._written_through or not done:
+                    continue
+                point = by_epoch.setdefault(epoch, {"step": step})
+                point["step"] = max(point["step"], step)
+                point[key] = values
+        for epoch in sorted(by_epoch):
+            point = by_epoch[epoch]
+            train = _cells(point.get("train_loss"), len(self._prefixes))
+            val = _cells(point.get("val_loss"), len(self._prefixes))
+            middle = f"{epoch},{point['step']},"
+            self._handle.write(
+                "".join(
+                    f"{prefix}{middle}{t},{v}{_ROW_END}"
+                    for prefix, t, v in zip(self._prefixes, train, val, strict=True)
+                )
+            )
+            self._written_through = epoch
+        # Written points leave the record; the summary reads the last validation.
+        record.train_loss[:] = [p for p in record.train_loss if p[0] > self._written_through]
+        record.val_loss[:] = [p for p in record.val_loss if p[0] > self._written_through] or (
+            record.val_loss[-1:]
+        )
+
+
+def _cells(values: torch.Tensor | None, count: int) -> list[str]:
+    if values is None:
+        return [""] * count
+    return [repr(value) for value in values.tolist()]
+
+
+def _merge_curve_parts(output_dir: Path, sizes: list[int]) -> None:
+    """Interleave the processes' parts epoch by epoch: the rows of a one-process sweep."""
+    parts = [output_dir / f"curves.csv.rank{rank}" for rank in range(len(sizes))]
+    handles = [part.open(newline="") for part in parts]
+    try:
+        with (output_dir / "curves.csv").open("w", newline="") as out:
+            out.write(",".join(CURVE_COLUMNS) + _ROW_END)
+            while True:
+                blocks = [
+                    "".join(handle.readline() for _ in range(size))
+                    for handle, size in zip(handles, sizes, strict=True)
+                ]
+                if not any(blocks):
+                    break
+                out.write("".join(blocks))
+    finally:
+        for handle in handles:
+            handle.close()
+    for part in parts:
+        part.unlink()
 
 
 # ------------------------------------------------------------------ set-up
@@ -224,12 +407,17 @@ def _sweep_trainer(trainer_kwargs: dict[str, Any]) -> Trainer:
     kwargs = {"max_epochs": 100, **trainer_kwargs, **_SWEEP_TRAINER_SETTINGS}
     kwargs.setdefault("devices", 1)
     trainer = Trainer(**kwargs)
-    if trainer.world_size != 1:
-        raise InvalidArgumentError(
-            "trainer.devices",
-            trainer_kwargs.get("devices"),
-            "one device: a sweep vectorises its members on a single device",
-        )
+    if trainer.world_size > 1:
+        # Several processes: each trains its own members, with nothing averaged.
+        strategy = trainer_kwargs.get("strategy", "auto")
+        if strategy not in ("auto", "ddp"):
+            raise InvalidArgumentError(
+                "trainer.strategy",
+                strategy,
+                "'ddp' or 'auto' with several devices or nodes: the sweep splits its "
+                "members across the processes (without averaging anything)",
+            )
+        trainer = Trainer(**{**kwargs, "strategy": MemberParallelStrategy()})
     if trainer.gradient_clip_val and trainer.gradient_clip_algorithm != "value":
         # A norm over a stacked tensor would mix the members' gradients.
         raise InvalidArgumentError(
@@ -254,10 +442,14 @@ def _summary_rows(
     last_train = ensemble.record.last_train_loss
     train = last_train.tolist() if last_train is not None else [math.nan] * len(members)
     val = ensemble.record.val_loss[-1][2].tolist() if ensemble.record.val_loss else None
-    decay_names = ensemble.groups.get("decay", list(initial[0]))
+    decay_names = ensemble.groups.get("decay", list(initial[0]) if initial else [])
+    initial_norms: dict[int, float] = {}  # members of one seed share their initial tensors
     rows = []
     for i, member in enumerate(members):
-        initial_norm = math.sqrt(sum(float(initial[i][n].square().sum()) for n in decay_names))
+        start = initial[i]
+        if id(start) not in initial_norms:
+            squares = sum(float(start[n].square().sum()) for n in decay_names)
+            initial_norms[id(start)] = math.sqrt(squares)
         rows.append(
             {
                 "weight_decay": member.weight_decay,
@@ -269,7 +461,7 @@ def _summary_rows(
                 "val_loss": val[i] if (alive[i] and val is not None) else math.nan,
                 "weight_norm": norms[weight_tag][i] if alive[i] else math.nan,
                 "total_weight_norm": norms["weight_norm/total"][i] if alive[i] else math.nan,
-                "initial_weight_norm": initial_norm,
+                "initial_weight_norm": initial_norms[id(start)],
             }
         )
     return rows
@@ -303,34 +495,51 @@ def _add_linear_analysis(
     initial: list[dict[str, torch.Tensor]],
 ) -> None:
     X_train, y_train, X_val, y_val = problem
-    weights = ensemble.stacked_parameters()["weight"].detach().cpu()
+    weights = ensemble.stacked_parameters()["weight"].detach().cpu().flatten(1).double()
     row_space = analysis.RowSpace(X_train)
     plain_sgd = _plain_sgd_lr(trainer)
     decays = ensemble.decay_factors["weight"].tolist()
     distinct = sorted(set(decays))
     ridge = dict(zip(distinct, analysis.ridge_path(X_train, y_train, distinct), strict=True))
+    # Solved once per λ, or per seed for λ = 0 (the interpolant nearest the initial weights).
+    interpolants: dict[int, analysis.LinearSolution] = {}
+    null_norms: dict[int, float] = {}
+    val_losses: dict[int, float] = {}
+    targets = []
     for i, row in enumerate(rows):
-        weight_decay = decays[i]
-        if weight_decay > 0:
-            target = ridge[weight_decay]
+        start = initial[i]
+        if decays[i] > 0:
+            target = ridge[decays[i]]
         else:
-            target = analysis.interpolant_from(
-                X_train, y_train, initial[i]["weight"], initial[i]["bias"].item()
-            )
+            if id(start) not in interpolants:
+                interpolants[id(start)] = analysis.interpolant_from(
+                    X_train, y_train, start["weight"], start["bias"].item()
+                )
+            target = interpolants[id(start)]
+        if id(target) not in val_losses:
+            val_losses[id(target)] = analysis.half_mse(X_val, y_val, target)
+        targets.append(target.weight)
         row["ridge_weight_norm"] = target.weight_norm
-        row["ridge_val_loss"] = analysis.half_mse(X_val, y_val, target)
-        if row["status"] != "ok":
-            continue
-        if plain_sgd is not None:
-            null0 = float(row_space.split(initial[i]["weight"]).null.norm())
+        row["ridge_val_loss"] = val_losses[id(target)]
+        if plain_sgd is not None and row["status"] == "ok":
+            if id(start) not in null_norms:
+                null_norms[id(start)] = float(row_space.split(start["weight"]).null.norm())
             row["predicted_null_space_norm"] = analysis.predicted_null_space_norm(
-                null0, plain_sgd, weight_decay, trainer.global_step
+                null_norms[id(start)], plain_sgd, decays[i], trainer.global_step
             )
-        weight = weights[i].reshape(-1)
-        split = row_space.split(weight)
-        row["distance_to_ridge"] = float((weight.double() - target.weight).norm())
-        row["row_space_norm"] = float(split.row.norm())
-        row["null_space_norm"] = float(split.null.norm())
+    if not rows:
+        return
+    # Every member's final weights at once: their parts in the row space and outside it.
+    basis = row_space.basis
+    in_row_space = (weights @ basis.T) @ basis
+    distances = (weights - torch.stack(targets)).norm(dim=1).tolist()
+    row_norms = in_row_space.norm(dim=1).tolist()
+    null_space_norms = (weights - in_row_space).norm(dim=1).tolist()
+    for i, row in enumerate(rows):
+        if row["status"] == "ok":
+            row["distance_to_ridge"] = distances[i]
+            row["row_space_norm"] = row_norms[i]
+            row["null_space_norm"] = null_space_norms[i]
 
 
 def _plain_sgd_lr(trainer: Trainer) -> float | None:
@@ -364,46 +573,26 @@ def _ridge_curve(
     ]
 
 
-def _curve_rows(members: list[SweepMember], ensemble: WeightDecayEnsemble) -> list[dict[str, Any]]:
-    by_epoch: dict[int, dict[str, Any]] = {}
-    for key, series in (
-        ("train_loss", ensemble.record.train_loss),
-        ("val_loss", ensemble.record.val_loss),
-    ):
-        for epoch, step, values in series:
-            point = by_epoch.setdefault(epoch, {"epoch": epoch, "step": step})
-            point["step"] = max(point["step"], step)
-            point[key] = values.tolist()
-    rows = []
-    for i, member in enumerate(members):
-        for epoch in sorted(by_epoch):
-            point = by_epoch[epoch]
-            rows.append(
-                {
-                    "weight_decay": member.weight_decay,
-                    "seed": member.seed,
-                    "epoch": epoch,
-                    "step": point["step"],
-                    "train_loss": point["train_loss"][i] if "train_loss" in point else None,
-                    "val_loss": point["val_loss"][i] if "val_loss" in point else None,
-                }
-            )
-    return rows
-
-
 def _write_hparams(
-    writers: list[RunWriter], members: list[SweepMember], rows: list[dict[str, Any]], step: int
+    writers: ScalarRuns, members: list[SweepMember], rows: list[dict[str, Any]], step: int
 ) -> None:
     """λ and seed in each run's HPARAMS tab, against its final held-out loss and ‖w‖."""
+    from tensorboard.compat.proto.event_pb2 import Event
     from torch.utils.tensorboard.summary import hparams
 
-    for writer, member, row in zip(writers, members, rows, strict=True):
+    for run, (member, row) in enumerate(zip(members, rows, strict=True)):
         if row["status"] != "ok":
             continue
         metrics = {"hp/val_loss": row["val_loss"], "hp/weight_norm": row["total_weight_norm"]}
         for summary in hparams({"weight_decay": member.weight_decay, "seed": member.seed}, metrics):
-            writer.add_summary(summary, 0)
-        writer.add_scalars({k: v for k, v in metrics.items() if not math.isnan(v)}, step)
+            writers.add_event(run, Event(wall_time=time.time(), step=0, summary=summary))
+        finite = {tag: value for tag, value in metrics.items() if not math.isnan(value)}
+        if finite:
+            mask = torch.zeros(len(members), dtype=torch.bool)
+            mask[run] = True
+            values = torch.zeros(len(members), len(finite))
+            values[run] = torch.tensor(list(finite.values()))
+            writers.add_table(list(finite), values, step, mask)
 
 
 def _write_csv(path: Path, columns: Sequence[str], rows: list[dict[str, Any]]) -> None:

@@ -23,7 +23,6 @@ import time
 from typing import Any
 
 from lightning.fabric.loggers.logger import rank_zero_experiment
-from lightning.fabric.utilities.cloud_io import _is_dir
 from lightning.pytorch import Callback, LightningModule, Trainer
 from lightning.pytorch.callbacks import TQDMProgressBar
 from lightning.pytorch.core.saving import save_hparams_to_yaml
@@ -98,7 +97,7 @@ class BufferedTensorBoardLogger(TensorBoardLogger):
             return
         dir_path = self.log_dir
         hparams_file = os.path.join(dir_path, self.NAME_HPARAMS_FILE)
-        if _is_dir(self._fs, dir_path):
+        if self._fs.isdir(dir_path):
             if not self._fs.isfile(hparams_file):
                 save_hparams_to_yaml(hparams_file, self.hparams)
             self._hparams_file_written = True
