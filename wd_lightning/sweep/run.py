@@ -505,7 +505,6 @@ def _add_linear_analysis(
     interpolants: dict[int, analysis.LinearSolution] = {}
     null_norms: dict[int, float] = {}
     val_losses: dict[int, float] = {}
-    targets = []
     for i, row in enumerate(rows):
         start = initial[i]
         if decays[i] > 0:
@@ -518,7 +517,6 @@ def _add_linear_analysis(
             target = interpolants[id(start)]
         if id(target) not in val_losses:
             val_losses[id(target)] = analysis.half_mse(X_val, y_val, target)
-        targets.append(target.weight)
         row["ridge_weight_norm"] = target.weight_norm
         row["ridge_val_loss"] = val_losses[id(target)]
         if plain_sgd is not None and row["status"] == "ok":
@@ -527,19 +525,15 @@ def _add_linear_analysis(
             row["predicted_null_space_norm"] = analysis.predicted_null_space_norm(
                 null_norms[id(start)], plain_sgd, decays[i], trainer.global_step
             )
-    if not rows:
-        return
-    # Every member's final weights at once: their parts in the row space and outside it.
-    basis = row_space.basis
-    in_row_space = (weights @ basis.T) @ basis
-    distances = (weights - torch.stack(targets)).norm(dim=1).tolist()
-    row_norms = in_row_space.norm(dim=1).tolist()
-    null_space_norms = (weights - in_row_space).norm(dim=1).tolist()
-    for i, row in enumerate(rows):
-        if row["status"] == "ok":
-            row["distance_to_ridge"] = distances[i]
-            row["row_space_norm"] = row_norms[i]
-            row["null_space_norm"] = null_space_norms[i]
+        if row["status"] != "ok":
+            continue
+        # One member at a time: the figures must not depend on how many members
+        # a process holds (a batched product may round differently).
+        weight = weights[i]
+        split = row_space.split(weight)
+        row["distance_to_ridge"] = float((weight - target.weight).norm())
+        row["row_space_norm"] = float(split.row.norm())
+        row["null_space_norm"] = float(split.null.norm())
 
 
 def _plain_sgd_lr(trainer: Trainer) -> float | None:
