@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import os
 import time
+from collections.abc import Mapping
 from typing import Any
 
 from lightning.fabric.loggers.logger import rank_zero_experiment
@@ -28,6 +29,7 @@ from lightning.pytorch.callbacks import TQDMProgressBar
 from lightning.pytorch.core.saving import save_hparams_to_yaml
 from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.utilities import rank_zero_only
+from torch import Tensor
 from torch.utils.tensorboard import FileWriter, SummaryWriter
 
 from wd_lightning.training.tensorboard import EventFile, check_flush_seconds
@@ -89,6 +91,33 @@ class BufferedTensorBoardLogger(TensorBoardLogger):
             self.flush_seconds, log_dir=self.log_dir, **self._kwargs
         )
         return self._experiment
+
+    @rank_zero_only
+    def log_metrics(self, metrics: Mapping[str, Any], step: int | None = None) -> None:
+        """Write each scalar as the event ``SummaryWriter.add_scalar`` writes, without its detours.
+
+        ``add_scalar`` converts every value through numpy and builds its
+        summary through several layers; the event written here is the same
+        (one per value, in the order given). Values that are not numbers
+        (dictionaries of values) go through ``TensorBoardLogger`` as before.
+        """
+        from tensorboard.compat.proto.event_pb2 import Event
+        from tensorboard.compat.proto.summary_pb2 import Summary
+
+        events = self.experiment._get_file_writer().event_writer
+        separator = self.LOGGER_JOIN_CHAR
+        for key, value in metrics.items():
+            if isinstance(value, Tensor):
+                value = value.item()
+            if not isinstance(value, (int, float)):
+                super().log_metrics({key: value}, step)
+                continue
+            tag = f"{self._prefix}{separator}{key}" if self._prefix else key
+            summary = Summary(value=[Summary.Value(tag=tag, simple_value=float(value))])
+            event = Event(wall_time=time.time(), summary=summary)
+            if step is not None:
+                event.step = int(step)
+            events.add_event(event)
 
     @rank_zero_only
     def save(self) -> None:
