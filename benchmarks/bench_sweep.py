@@ -1,5 +1,10 @@
 """What a whole λ × seed sweep costs, as ratios to one fit of the article's run.
 
+Run it as::
+
+    python benchmarks/bench_sweep.py --processes 5                  # the 65-run sweep
+    python benchmarks/bench_sweep.py --scaling --repeats 3          # growth with members
+
 Three comparisons, each against a baseline measured in the same invocation:
 
 * whole process: ``python -m wd_lightning sweep --config configs/sweep.yaml``
@@ -12,8 +17,18 @@ Three comparisons, each against a baseline measured in the same invocation:
   the Python API with the CLI's logging (``WeightDecayCLI(..., run=False)``),
   against the vectorised sweep of the same members in the same process.
 
-Usage: ``python benchmarks/bench_sweep.py [--processes 5]``; prints a Markdown
-table for BENCHMARKS.md.
+With ``--scaling``: how the cost grows with the number of members, each
+sweep a fresh ``python -m wd_lightning sweep`` process (summary, analysis
+and figures included), interleaved with fresh ``fit`` processes of the book
+run (the baseline): 1, 10, 100, 1000 and 10,000 members of the book run
+(``--book``), 1, 10 and 100 of ``configs/mlp_classifier.yaml`` through the
+``torch.func.vmap`` path (``--mlp``). For each: the median wall time and its
+ratio to one fit, the peak memory (resident set) against the members'
+parameters, and where the time went (building members, training, event
+files, curves, summary and analysis, figures), from a process that times its
+own phases.
+
+Prints Markdown tables for BENCHMARKS.md.
 """
 
 from __future__ import annotations
@@ -21,6 +36,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import io
+import json
 import os
 import platform
 import statistics
@@ -30,8 +46,11 @@ import tempfile
 import time
 from pathlib import Path
 
-import torch
-import yaml
+_STARTED = time.perf_counter()  # the start-up phase of a timed sweep: imports onwards
+
+import torch  # noqa: E402
+import yaml  # noqa: E402
+from lightning.pytorch import Trainer  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
@@ -97,10 +116,158 @@ def in_process() -> tuple[float, float, int]:
     return sequential, sweep, len(weight_decays) * len(seeds)
 
 
+# ----------------------------------------------------------------- scaling
+BOOK_GRIDS = {1: (1, 1), 10: (5, 2), 100: (10, 10), 1000: (50, 20), 10000: (100, 100)}
+MLP_GRIDS = {1: (1, 1), 10: (5, 2), 100: (10, 10)}
+MLP_CONFIG = REPO / "configs" / "mlp_classifier.yaml"
+PHASES = ("start-up", "members", "training", "events", "curves", "summary", "figures")
+
+
+def _grid(members: int, config: str) -> tuple[list[float], list[int]]:
+    lambdas, seeds = (BOOK_GRIDS if config == "book" else MLP_GRIDS)[members]
+    # λ from 0 to 100 (the book's range where SGD at lr 0.003 converges).
+    weight_decays = [0.0] + [
+        round(10 ** (-2 + 4 * i / max(lambdas - 1, 1)), 6) for i in range(1, lambdas)
+    ]
+    return weight_decays[:lambdas], list(range(seeds))
+
+
+def _sweep_args(members: int, config: str, output_dir: str) -> list[str]:
+    weight_decays, seeds = _grid(members, config)
+    base = ["--config", str(SWEEP_CONFIG)] if config == "book" else ["--config", str(MLP_CONFIG)]
+    return [
+        "sweep", *base,
+        "--weight_decays", str(weight_decays), "--seeds", str(seeds),
+        "--output_dir", output_dir, "--overwrite", "true",
+        "--trainer.enable_progress_bar", "false",
+    ]  # fmt: skip
+
+
+def timed_sweep(members: int, config: str, output_dir: str) -> dict[str, float]:
+    """Run one sweep in this process, timing its phases; what ``--one`` prints as JSON."""
+    import resource
+
+    from wd_lightning.sweep import plots, run
+    from wd_lightning.training import scalar_runs
+
+    spent = dict.fromkeys(PHASES, 0.0)
+    spent["start-up"] = time.perf_counter() - _STARTED
+
+    def timing(owner: object, name: str, phase: str) -> None:
+        original = getattr(owner, name)
+
+        def timed(*args, **kwargs):
+            start = time.perf_counter()
+            try:
+                return original(*args, **kwargs)
+            finally:
+                spent[phase] += time.perf_counter() - start
+
+        setattr(owner, name, timed)
+
+    timing(run, "_build_members", "members")
+    for name in ("add_table", "add_event", "_flush"):
+        timing(scalar_runs.ScalarRuns, name, "events")
+    timing(run.CurveStream, "_write", "curves")
+    timing(run, "_merge_curve_parts", "curves")
+    for name in ("_summary_rows", "_add_linear_analysis", "_write_csv", "_ridge_curve"):
+        timing(run, name, "summary")
+    timing(plots, "write_figures", "figures")
+    fit = Trainer.fit
+
+    def timed_fit(self, *args, **kwargs):
+        start = time.perf_counter()
+        try:
+            return fit(self, *args, **kwargs)
+        finally:
+            spent["training"] += time.perf_counter() - start
+
+    Trainer.fit = timed_fit
+    start = time.perf_counter()
+    with contextlib.redirect_stdout(io.StringIO()):
+        main(_sweep_args(members, config, output_dir))
+    spent["sweep"] = time.perf_counter() - start
+    # Events and curves are written during training: count them once, as themselves.
+    spent["training"] -= spent["events"] + spent["curves"]
+    spent["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    return spent
+
+
+def scaling(configs: list[str], repeats: int, sizes: dict[str, list[int]]) -> None:
+    fits: list[float] = []
+    results: dict[tuple[str, int], list[dict[str, float]]] = {}
+    with tempfile.TemporaryDirectory() as folder:
+        for _ in range(repeats):
+            fits.append(_process(["fit", "--config", str(FIT_CONFIG)], folder))
+            for config in configs:
+                for members in sizes[config]:
+                    command = [sys.executable, str(Path(__file__).resolve()), "--one"]
+                    command += [str(members), config, f"{folder}/{config}{members}"]
+                    start = time.perf_counter()
+                    done = subprocess.run(
+                        command, check=True, capture_output=True, text=True,
+                        env={**os.environ, "PYTHONPATH": str(REPO)},
+                    )  # fmt: skip
+                    phases = json.loads(done.stdout.strip().splitlines()[-1])
+                    phases["wall"] = time.perf_counter() - start
+                    results.setdefault((config, members), []).append(phases)
+    fit = statistics.median(fits)
+    print(f"**Machine:** {_machine()}\n")
+    print(f"Baseline: `fit --config configs/d2l_weight_decay.yaml`, median {fit:.2f} s "
+          f"({repeats} fresh processes, interleaved with the sweeps).\n")  # fmt: skip
+    header = "| config | members | wall (median) | vs one fit | peak RSS | members' parameters | "
+    header += " | ".join(PHASES) + " |"
+    print(header)
+    print("|---" * (6 + len(PHASES)) + "|")
+    for (config, members), samples in results.items():
+        median = {key: statistics.median(s[key] for s in samples) for key in samples[0]}
+        parameters = _parameter_bytes(config) * members / 2**20
+        phases = " | ".join(f"{median[phase]:.2f} s" for phase in PHASES)
+        print(
+            f"| {config} | {members:,} | {median['wall']:.2f} s | {median['wall'] / fit:.2f}× | "
+            f"{median['peak_rss_mb']:.0f} MB | {parameters:.2f} MB | {phases} |"
+        )
+
+
+def _parameter_bytes(config: str) -> int:
+    from wd_lightning import MLP
+
+    if config == "book":
+        return (200 + 1) * 4
+    model = MLP(in_features=20, hidden_features=[64, 64], out_features=3, norm="batch")
+    return sum(p.numel() * p.element_size() for p in model.parameters())
+
+
+def _machine() -> str:
+    cpu = platform.processor() or platform.machine()
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    return (
+        f"{cpu}, {os.cpu_count()} cores, Python {platform.python_version()}, "
+        f"torch {torch.__version__}, torch threads {torch.get_num_threads()}"
+    )
+
+
 def main_() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--processes", type=int, default=5)
+    parser.add_argument("--scaling", action="store_true", help="growth with members")
+    parser.add_argument("--repeats", type=int, default=3, help="--scaling: processes per size")
+    parser.add_argument("--book", type=int, nargs="*", default=list(BOOK_GRIDS))
+    parser.add_argument("--mlp", type=int, nargs="*", default=list(MLP_GRIDS))
+    parser.add_argument("--one", nargs=3, help=argparse.SUPPRESS)  # MEMBERS CONFIG OUTPUT_DIR
     args = parser.parse_args()
+    if args.one:
+        members, config, output_dir = args.one
+        print(json.dumps(timed_sweep(int(members), config, output_dir)))
+        return
+    if args.scaling:
+        configs = [name for name in ("book", "mlp") if getattr(args, name)]
+        scaling(configs, args.repeats, {"book": args.book, "mlp": args.mlp})
+        return
     fits, sweeps = whole_processes(args.processes)
     fit, sweep = statistics.median(fits), statistics.median(sweeps)
     sequential, sweep_warm, members = in_process()
