@@ -312,9 +312,11 @@ class CurveStream(Callback):
     def __init__(self, path: Path, members: Sequence[SweepMember], header: bool = True) -> None:
         self.path = path
         self._prefixes = [f"{m.weight_decay!r},{m.seed}," for m in members]
-        self._handle = path.open("w", newline="")
-        if header:
-            self._handle.write(",".join(CURVE_COLUMNS) + _ROW_END)
+        self._header = header
+        # Opened at the first write, once training runs: under torchrun or SLURM
+        # every process starts at once, and only rank zero prepares the folder
+        # (before it joins the others in the process group).
+        self._handle: Any = None
         self._written_through = -1  # the last epoch written
 
     def on_train_epoch_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
@@ -326,9 +328,14 @@ class CurveStream(Callback):
 
     def close(self) -> None:
         """Close the file (also when training failed)."""
-        self._handle.close()
+        if self._handle is not None:
+            self._handle.close()
 
     def _write(self, ensemble: Any, before_epoch: int | None) -> None:
+        if self._handle is None:
+            self._handle = self.path.open("w", newline="")
+            if self._header:
+                self._handle.write(",".join(CURVE_COLUMNS) + _ROW_END)
         record = ensemble.record
         by_epoch: dict[int, dict[str, Any]] = {}
         for key, series in (("train_loss", record.train_loss), ("val_loss", record.val_loss)):
