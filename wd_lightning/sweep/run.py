@@ -1,7 +1,8 @@
 """A λ × seed grid trained in one vectorised fit, with the closed-form answer beside each run.
 
-:func:`run_sweep` builds one module per (λ, seed) member, exactly as a fit
-with that λ and ``seed_everything(seed)`` would, trains them together as a
+:func:`run_sweep` builds one module per (λ, seed) member, as a fit with
+that λ and ``seed_everything(seed)`` would (building once per seed and once
+per λ, see :func:`_build_members`), trains them together as a
 :class:`~wd_lightning.sweep.ensemble.WeightDecayEnsemble`, and writes into
 ``output_dir``:
 
@@ -9,7 +10,8 @@ with that λ and ``seed_everything(seed)`` would, trains them together as a
   and steps of a fit (``tensorboard --logdir <output_dir>/runs`` overlays them),
   and its λ and seed in the HPARAMS tab;
 * ``summary.csv``: one row per member (see :data:`SUMMARY_COLUMNS`);
-* ``curves.csv``: the training and held-out loss of every member per epoch;
+* ``curves.csv``: the training and held-out loss of every member per epoch,
+  written epoch by epoch as the sweep trains;
 * ``ridge_curve.csv``: the closed-form solution over a fine λ grid, when the
   model is the book's linear regression (see :mod:`wd_lightning.core.analysis`).
 """
@@ -175,8 +177,12 @@ def run_sweep(
         output_dir: where the runs and tables go; must be new or empty unless
             ``overwrite`` is set.
         trainer_kwargs: :class:`~lightning.pytorch.Trainer` arguments (e.g.
-            ``max_epochs``); logging and checkpoints are the sweep's own, and
-            it runs on one device.
+            ``max_epochs``); logging and checkpoints are the sweep's own. With
+            several processes (``devices``, ``num_nodes``; ``strategy`` "ddp"
+            or "auto") each trains its share of the members under
+            :class:`~wd_lightning.sweep.distributed.MemberParallelStrategy`
+            and global rank zero writes the tables (see the README); call it
+            from a script, which Lightning's launcher runs once per process.
         overwrite: replace the files of an earlier sweep in ``output_dir``.
 
     Example:
