@@ -19,7 +19,7 @@ _EXPORTS = {
     "CheckpointError": "wd_lightning.core.errors",
     "DecayRules": "wd_lightning.core.grouping",
     "GroupOverride": "wd_lightning.core.grouping",
-    "HalfMSELoss": "wd_lightning.training.module",
+    "HalfMSELoss": "wd_lightning.core.losses",
     "InvalidArgumentError": "wd_lightning.core.errors",
     "LinearRegression": "wd_lightning.training.models",
     "MLP": "wd_lightning.training.models",

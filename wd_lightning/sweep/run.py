@@ -30,8 +30,9 @@ from torch import nn
 
 from wd_lightning.core import analysis
 from wd_lightning.core.errors import InvalidArgumentError
+from wd_lightning.core.losses import HalfMSELoss
 from wd_lightning.sweep.ensemble import WeightDecayEnsemble
-from wd_lightning.training.module import HalfMSELoss, WeightDecayModule
+from wd_lightning.training.module import WeightDecayModule
 from wd_lightning.training.tensorboard import RunWriter
 
 __all__ = [
