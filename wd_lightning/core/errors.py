@@ -18,6 +18,7 @@ __all__ = [
     "TrainerArgumentError",
     "TrainingDivergedError",
     "TrainingInterruptedError",
+    "check_distinct",
     "check_finite",
     "check_finite_non_negative",
     "check_finite_positive",
@@ -223,6 +224,23 @@ def check_one_of(argument: str, value: Any, choices: Sequence[Any]) -> Any:
     if not any(value is choice or value == choice for choice in choices):
         raise InvalidArgumentError(argument, value, "one of " + ", ".join(map(repr, choices)))
     return value
+
+
+def check_distinct(argument: str, values: Sequence[Any], what: str) -> None:
+    """Accept ``values`` if there is at least one and no two are equal.
+
+    ``what`` names the elements in the message, e.g. ``"λ values"``.
+
+    Example:
+        >>> check_distinct("seeds", [0, 1], "integer seeds")
+        >>> check_distinct("seeds", [0, 0], "integer seeds")
+        Traceback (most recent call last):
+        wd_lightning.core.errors.InvalidArgumentError: seeds=[0, 0] is not allowed: ... distinct ...
+    """
+    if not values:
+        raise InvalidArgumentError(argument, values, f"a non-empty list of {what}")
+    if len(set(values)) != len(values):
+        raise InvalidArgumentError(argument, values, f"distinct {what}")
 
 
 def check_int_at_least(argument: str, value: Any, minimum: int) -> int:

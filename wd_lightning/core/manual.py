@@ -21,6 +21,12 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from wd_lightning.core.errors import (
+    InvalidArgumentError,
+    check_finite_non_negative,
+    check_in_range,
+)
+
 __all__ = [
     "AdamState",
     "SGDState",
@@ -167,12 +173,13 @@ def sgd_step(
     """
     _require_matching(param=param, grad=grad)
     _require_non_negative(lr=lr, weight_decay=weight_decay, momentum=momentum)
-    if not 0.0 <= dampening <= 1.0:
-        raise ValueError(f"`dampening` must lie in [0, 1], got {dampening}.")
+    check_in_range("dampening", dampening, 0.0, 1.0)
     if nesterov and (momentum <= 0.0 or dampening != 0.0):
-        raise ValueError(
-            "`nesterov=True` needs `momentum` > 0 and `dampening` == 0, "
-            f"got momentum={momentum} and dampening={dampening}."
+        raise InvalidArgumentError(
+            "nesterov",
+            nesterov,
+            f"momentum > 0 and dampening == 0 with it (got momentum={momentum}, "
+            f"dampening={dampening})",
         )
     state = SGDState() if state is None else state
 
@@ -344,18 +351,19 @@ def _require_adam_arguments(
 ) -> None:
     _require_matching(param=param, grad=grad)
     _require_non_negative(lr=lr, eps=eps, weight_decay=weight_decay)
-    if len(betas) != 2 or not all(0.0 <= beta < 1.0 for beta in betas):
-        raise ValueError(f"`betas` must be two numbers in [0, 1), got {betas!r}.")
+    if len(betas) != 2:
+        raise InvalidArgumentError("betas", betas, "two numbers in [0, 1)")
+    for index, beta in enumerate(betas):
+        check_in_range(f"betas[{index}]", beta, 0.0, 1.0, closed="left")
 
 
 def _require_non_negative(**values: float) -> None:
     for name, value in values.items():
-        if not value >= 0.0:  # also rejects NaN
-            raise ValueError(f"`{name}` must be a number >= 0, got {value!r}.")
+        check_finite_non_negative(name, value)
 
 
 def _require_matching(*, param: Tensor, grad: Tensor) -> None:
     if grad.shape != param.shape:
-        raise ValueError(
-            f"`grad` must have the shape of `param` {tuple(param.shape)}, got {tuple(grad.shape)}."
+        raise InvalidArgumentError(
+            "grad", tuple(grad.shape), f"the shape of param, {tuple(param.shape)}"
         )

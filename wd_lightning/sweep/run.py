@@ -29,7 +29,12 @@ from lightning.pytorch import LightningDataModule, Trainer, seed_everything
 from torch import nn
 
 from wd_lightning.core import analysis
-from wd_lightning.core.errors import InvalidArgumentError
+from wd_lightning.core.errors import (
+    InvalidArgumentError,
+    check_distinct,
+    check_finite_non_negative,
+    check_int_at_least,
+)
 from wd_lightning.core.losses import HalfMSELoss
 from wd_lightning.sweep.ensemble import WeightDecayEnsemble
 from wd_lightning.training.module import WeightDecayModule
@@ -100,22 +105,12 @@ def sweep_members(weight_decays: Iterable[Any], seeds: Iterable[Any]) -> list[Sw
         ['wd=0_seed=0', 'wd=0_seed=1', 'wd=3_seed=0', 'wd=3_seed=1']
     """
     weight_decays, seeds = list(weight_decays), list(seeds)
-    if not weight_decays:
-        raise InvalidArgumentError("weight_decays", weight_decays, "a non-empty list of λ")
+    check_distinct("weight_decays", weight_decays, "λ values")
     for value in weight_decays:
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise InvalidArgumentError("weight_decays", value, "numbers (λ values)")
-        if not (math.isfinite(value) and value >= 0):
-            raise InvalidArgumentError("weight_decays", value, "finite numbers >= 0")
-    if len(set(weight_decays)) != len(weight_decays):
-        raise InvalidArgumentError("weight_decays", weight_decays, "distinct values")
-    if not seeds:
-        raise InvalidArgumentError("seeds", seeds, "a non-empty list of integer seeds")
+        check_finite_non_negative("weight_decays", value)
+    check_distinct("seeds", seeds, "integer seeds")
     for seed in seeds:
-        if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
-            raise InvalidArgumentError("seeds", seed, "integers >= 0")
-    if len(set(seeds)) != len(seeds):
-        raise InvalidArgumentError("seeds", seeds, "distinct values")
+        check_int_at_least("seeds", seed, 0)
     return [SweepMember(float(wd), seed) for wd in weight_decays for seed in seeds]
 
 

@@ -15,6 +15,14 @@ import torch
 from hypothesis import strategies as st
 from torch import Tensor
 
+from wd_lightning.core.errors import (
+    InvalidArgumentError,
+    check_finite_positive,
+    check_in_range,
+    check_int_at_least,
+    check_one_of,
+)
+
 __all__ = [
     "DecayHyperparameters",
     "ParamAndGrads",
@@ -104,12 +112,10 @@ def tensors(
         >>> t.shape, t.dtype, bool(t.abs().max() <= 1.0)
         (torch.Size([2, 3]), torch.float64, True)
     """
-    if dtype not in _FLOAT_WIDTHS:
-        raise ValueError(f"`dtype` must be torch.float32 or torch.float64, got {dtype}.")
-    if not (isinstance(max_magnitude, int | float) and 0 < max_magnitude < math.inf):
-        raise ValueError(f"`max_magnitude` must be a finite number > 0, got {max_magnitude!r}.")
-    if not all(isinstance(side, int) and side >= 0 for side in shape):
-        raise ValueError(f"`shape` must be a tuple of ints >= 0, got {shape!r}.")
+    check_one_of("dtype", dtype, tuple(_FLOAT_WIDTHS))
+    check_finite_positive("max_magnitude", max_magnitude)
+    for index, side in enumerate(shape):
+        check_int_at_least(f"shape[{index}]", side, 0)
     elements = st.floats(
         -max_magnitude,
         max_magnitude,
@@ -189,16 +195,11 @@ def decay_hyperparameters(
         >>> 1e-4 <= pair.lr <= 1.0 and 0.0 <= pair.decay_per_step <= 0.5 * (1 + 1e-12)
         True
     """
-    if not (isinstance(min_lr, int | float) and 0 < min_lr <= max_lr < math.inf):
-        raise ValueError(
-            f"`min_lr` and `max_lr` must satisfy 0 < min_lr <= max_lr < inf, "
-            f"got min_lr={min_lr!r}, max_lr={max_lr!r}."
-        )
-    if not 0 < max_decay_per_step < 1:
-        raise ValueError(
-            f"`max_decay_per_step` must lie in (0, 1) so that 1 − lr·λ stays positive, "
-            f"got {max_decay_per_step!r}."
-        )
+    check_finite_positive("min_lr", min_lr)
+    if check_finite_positive("max_lr", max_lr) < min_lr:
+        raise InvalidArgumentError("max_lr", max_lr, f"a number >= min_lr ({min_lr})")
+    # Below 1, so that 1 − lr·λ stays positive.
+    check_in_range("max_decay_per_step", max_decay_per_step, 0.0, 1.0, closed="neither")
     min_product = 0.0 if allow_zero_decay else min(1e-3, max_decay_per_step)
     products = st.floats(min_product, max_decay_per_step, allow_subnormal=False)
     lrs = st.floats(min_lr, max_lr, allow_subnormal=False)
@@ -249,5 +250,4 @@ def adam_options(draw: st.DrawFn) -> dict[str, Any]:
 
 def _require_int_at_least(minimum: int, **values: int) -> None:
     for name, value in values.items():
-        if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
-            raise ValueError(f"`{name}` must be an int >= {minimum}, got {value!r}.")
+        check_int_at_least(name, value, minimum)

@@ -13,6 +13,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from wd_lightning.core.errors import InvalidArgumentError, check_finite_positive
+
 __all__ = ["DEFAULT_ULPS", "assert_close_to_terms", "sgd_terms_magnitude", "terms_magnitude"]
 
 #: Rounding units allowed per unit of term magnitude. One SGD step rounds at most about three
@@ -39,7 +41,7 @@ def terms_magnitude(*terms: Tensor | float) -> Tensor:
     """
     tensors = [term for term in terms if isinstance(term, Tensor)]
     if not tensors:
-        raise ValueError("`terms` must contain at least one tensor.")
+        raise InvalidArgumentError("terms", terms, "at least one tensor")
     total = torch.zeros((), dtype=torch.float64, device=tensors[0].device)
     for term in terms:
         magnitude = term.detach().abs().to(torch.float64) if isinstance(term, Tensor) else abs(term)
@@ -105,8 +107,7 @@ def assert_close_to_terms(
         >>> magnitude = sgd_terms_magnitude(w, g, lr=1.0, weight_decay=1e-4)
         >>> assert_close_to_terms(float32_result, exact, magnitude=magnitude)
     """
-    if not ulps > 0:
-        raise ValueError(f"`ulps` must be a number > 0, got {ulps!r}.")
+    check_finite_positive("ulps", ulps)
     prefix = f"{msg}: " if msg else ""
     if actual.shape != expected.shape:
         raise AssertionError(
