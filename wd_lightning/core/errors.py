@@ -235,12 +235,12 @@ def check_distinct(argument: str, values: Sequence[Any], what: str) -> None:
         >>> check_distinct("seeds", [0, 1], "integer seeds")
         >>> check_distinct("seeds", [0, 0], "integer seeds")
         Traceback (most recent call last):
-        wd_lightning.core.errors.InvalidArgumentError: seeds=[0, 0] is not allowed: ... distinct ...
+        wd_lightning.core.errors.InvalidArgumentError: seeds=[0, 0] ...: expected distinct values
     """
     if not values:
         raise InvalidArgumentError(argument, values, f"a non-empty list of {what}")
     if len(set(values)) != len(values):
-        raise InvalidArgumentError(argument, values, f"distinct {what}")
+        raise InvalidArgumentError(argument, values, "distinct values")
 
 
 def check_int_at_least(argument: str, value: Any, minimum: int) -> int:

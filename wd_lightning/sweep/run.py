@@ -37,6 +37,7 @@ from wd_lightning.core.errors import (
 )
 from wd_lightning.core.losses import HalfMSELoss
 from wd_lightning.sweep.ensemble import WeightDecayEnsemble
+from wd_lightning.training.hparams import log_final_hparams
 from wd_lightning.training.module import WeightDecayModule
 from wd_lightning.training.tensorboard import RunWriter
 
@@ -187,7 +188,17 @@ def run_sweep(
         problem = _linear_problem(ensemble, datamodule)
         if problem is not None:
             _add_linear_analysis(rows, ensemble, problem, trainer, initial)
-        _write_hparams(writers, members, rows, trainer.global_step)
+        for writer, module, member, row in zip(writers, modules, members, rows, strict=True):
+            if row["status"] == "ok":
+                log_final_hparams(
+                    [writer],
+                    module,
+                    datamodule,
+                    weight_norm=row["total_weight_norm"],
+                    val_loss=row["val_loss"],
+                    step=trainer.global_step,
+                    seed=member.seed,
+                )
     finally:
         for writer in writers:
             writer.close()
@@ -385,21 +396,6 @@ def _curve_rows(members: list[SweepMember], ensemble: WeightDecayEnsemble) -> li
                 }
             )
     return rows
-
-
-def _write_hparams(
-    writers: list[RunWriter], members: list[SweepMember], rows: list[dict[str, Any]], step: int
-) -> None:
-    """λ and seed in each run's HPARAMS tab, against its final held-out loss and ‖w‖."""
-    from torch.utils.tensorboard.summary import hparams
-
-    for writer, member, row in zip(writers, members, rows, strict=True):
-        if row["status"] != "ok":
-            continue
-        metrics = {"hp/val_loss": row["val_loss"], "hp/weight_norm": row["total_weight_norm"]}
-        for summary in hparams({"weight_decay": member.weight_decay, "seed": member.seed}, metrics):
-            writer.add_summary(summary, 0)
-        writer.add_scalars({k: v for k, v in metrics.items() if not math.isnan(v)}, step)
 
 
 def _write_csv(path: Path, columns: Sequence[str], rows: list[dict[str, Any]]) -> None:

@@ -23,6 +23,7 @@ from wd_lightning.core.norms import (
 )
 from wd_lightning.core.sharding import is_sharded, whole
 from wd_lightning.training.cadence import logged_step, logs_this_step
+from wd_lightning.training.hparams import log_final_hparams
 
 __all__ = ["WeightNormMonitor"]
 
@@ -283,15 +284,15 @@ class WeightNormMonitor(Callback):
         return {"weight decay": charts}
 
     def _write_hparams(self, trainer: Trainer, pl_module: LightningModule, total: float) -> None:
-        metrics = {"hp/weight_norm": total}
         val_loss = trainer.callback_metrics.get(self.val_loss)
-        if val_loss is not None:
-            metrics["hp/val_loss"] = float(val_loss)
-        datamodule = getattr(trainer, "datamodule", None)
-        params = {**getattr(datamodule, "hparams", {}), **pl_module.hparams}
-        for logger in trainer.loggers:
-            if isinstance(logger, TensorBoardLogger):
-                logger.log_hyperparams(params, metrics, step=logged_step(trainer))
+        log_final_hparams(
+            [logger for logger in trainer.loggers if isinstance(logger, TensorBoardLogger)],
+            pl_module,
+            getattr(trainer, "datamodule", None),
+            weight_norm=total,
+            val_loss=None if val_loss is None else float(val_loss),
+            step=logged_step(trainer),
+        )
 
 
 @dataclass
