@@ -43,7 +43,7 @@ class SGDState:
     """What SGD remembers between steps for one parameter.
 
     Attributes:
-        momentum_buffer: The running velocity ``b``; ``None`` before the first step with
+        momentum_buffer: the running velocity ``b``; ``None`` before the first step with
             momentum, because PyTorch starts the buffer at the first gradient rather than at zero.
     """
 
@@ -55,9 +55,9 @@ class AdamState:
     """What Adam and AdamW remember between steps for one parameter.
 
     Attributes:
-        step: How many updates have been taken; drives the bias corrections.
-        exp_avg: First-moment estimate ``m``.
-        exp_avg_sq: Second-moment estimate ``v``.
+        step: how many updates have been taken; drives the bias corrections.
+        exp_avg: first-moment estimate ``m``.
+        exp_avg_sq: second-moment estimate ``v``.
     """
 
     step: int
@@ -80,8 +80,8 @@ def decay_factor(lr: float, weight_decay: float) -> float:
     """The factor ``1 − ηλ`` that shrinks the weights once per step.
 
     Args:
-        lr: Learning rate ``η``.
-        weight_decay: Decay coefficient ``λ``.
+        lr: learning rate ``η``.
+        weight_decay: decay coefficient ``λ``.
 
     Returns:
         ``1 − lr·weight_decay``; the weights shrink towards zero while it lies in ``[0, 1)``.
@@ -100,8 +100,8 @@ def l2_penalty(param: Tensor, weight_decay: float) -> Tensor:
     """The penalty ``λ/2·‖w‖²`` whose gradient is exactly ``λ·w``.
 
     Args:
-        param: The weights ``w``.
-        weight_decay: Decay coefficient ``λ``.
+        param: the weights ``w``.
+        weight_decay: decay coefficient ``λ``.
 
     Returns:
         A scalar tensor; add it to the data loss to get coupled weight decay through autograd.
@@ -141,22 +141,22 @@ def sgd_step(
     Decay enters before momentum, so the velocity carries it too.
 
     Args:
-        param: Current weights ``w`` (not modified).
-        grad: Gradient ``g`` of the data loss (not modified).
-        state: State returned by the previous step; ``None`` for the first step.
-        lr: Learning rate ``η ≥ 0``.
-        weight_decay: Coupled decay coefficient ``λ ≥ 0``.
-        momentum: Momentum ``μ ≥ 0``.
-        dampening: Dampening ``τ`` of the gradient in the velocity, from 0 to 1.
-        nesterov: Use Nesterov momentum; needs ``momentum > 0`` and ``dampening == 0``.
-        maximize: Ascend instead of descend; the decay still pulls towards zero.
+        param: current weights ``w`` (not modified).
+        grad: gradient ``g`` of the data loss (not modified).
+        state: state returned by the previous step; ``None`` for the first step.
+        lr: learning rate ``η ≥ 0``.
+        weight_decay: coupled decay coefficient ``λ ≥ 0``.
+        momentum: momentum ``μ ≥ 0``.
+        dampening: dampening ``τ`` of the gradient in the velocity, from 0 to 1.
+        nesterov: use Nesterov momentum; needs ``momentum > 0`` and ``dampening == 0``.
+        maximize: ascend instead of descend; the decay still pulls towards zero.
 
     Returns:
         The new weights and the state for the next step.
 
     Raises:
-        ValueError: If an argument lies outside the range stated above, or ``grad`` does not
-            match ``param`` in shape.
+        InvalidArgumentError: if an argument lies outside the range stated above, or
+            ``grad`` does not match ``param`` in shape.
 
     Example:
         The article's update with ``η = 0.003`` and ``λ = 3``: the weight shrinks by the factor
@@ -223,21 +223,21 @@ def adam_step(
     was introduced to fix.
 
     Args:
-        param: Current weights ``w`` (not modified).
-        grad: Gradient ``g`` of the data loss (not modified).
-        state: State returned by the previous step; ``None`` for the first step.
-        lr: Learning rate ``η ≥ 0``.
-        betas: Moment coefficients ``(β₁, β₂)``, each in ``[0, 1)``.
-        eps: Denominator guard ``ε ≥ 0``.
-        weight_decay: Coupled decay coefficient ``λ ≥ 0``.
-        maximize: Ascend instead of descend; the decay still pulls towards zero.
+        param: current weights ``w`` (not modified).
+        grad: gradient ``g`` of the data loss (not modified).
+        state: state returned by the previous step; ``None`` for the first step.
+        lr: learning rate ``η ≥ 0``.
+        betas: moment coefficients ``(β₁, β₂)``, each in ``[0, 1)``.
+        eps: denominator guard ``ε ≥ 0``.
+        weight_decay: coupled decay coefficient ``λ ≥ 0``.
+        maximize: ascend instead of descend; the decay still pulls towards zero.
 
     Returns:
         The new weights and the state for the next step.
 
     Raises:
-        ValueError: If an argument lies outside the range stated above, or ``grad`` does not
-            match ``param`` in shape.
+        InvalidArgumentError: if an argument lies outside the range stated above, or
+            ``grad`` does not match ``param`` in shape.
 
     Example:
         A first Adam step moves each weight by about ``lr``, whatever the gradient's size:
@@ -281,21 +281,21 @@ def adamw_step(
     ``λ_paper = η_base·λ_torch``.
 
     Args:
-        param: Current weights ``w`` (not modified).
-        grad: Gradient ``g`` of the data loss (not modified).
-        state: State returned by the previous step; ``None`` for the first step.
-        lr: Learning rate ``η ≥ 0``.
-        betas: Moment coefficients ``(β₁, β₂)``, each in ``[0, 1)``.
-        eps: Denominator guard ``ε ≥ 0``.
-        weight_decay: Decoupled decay coefficient ``λ ≥ 0`` (torch's default is 0.01).
-        maximize: Ascend instead of descend; the decay still pulls towards zero.
+        param: current weights ``w`` (not modified).
+        grad: gradient ``g`` of the data loss (not modified).
+        state: state returned by the previous step; ``None`` for the first step.
+        lr: learning rate ``η ≥ 0``.
+        betas: moment coefficients ``(β₁, β₂)``, each in ``[0, 1)``.
+        eps: denominator guard ``ε ≥ 0``.
+        weight_decay: decoupled decay coefficient ``λ ≥ 0`` (torch's default is 0.01).
+        maximize: ascend instead of descend; the decay still pulls towards zero.
 
     Returns:
         The new weights and the state for the next step.
 
     Raises:
-        ValueError: If an argument lies outside the range stated above, or ``grad`` does not
-            match ``param`` in shape.
+        InvalidArgumentError: if an argument lies outside the range stated above, or
+            ``grad`` does not match ``param`` in shape.
 
     Example:
         With a zero gradient the moments stay zero and only the decay acts:

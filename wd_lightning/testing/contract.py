@@ -121,25 +121,25 @@ def check_weight_decay(
     pulls towards zero, so the coupled twin gets ``g − λ·w`` instead.
 
     Args:
-        factory: Called like an optimizer class:
+        factory: called like an optimizer class:
             ``factory(param_groups, lr=..., weight_decay=..., **optimizer_kwargs)``.
         coupling: ``"coupled"`` or ``"decoupled"``, the contract the optimizer claims.
-        optimizer_kwargs: Further constructor arguments, e.g. ``{"momentum": 0.9}``; must not
+        optimizer_kwargs: further constructor arguments, e.g. ``{"momentum": 0.9}``; must not
             contain ``params``, ``lr`` or ``weight_decay``.
-        max_examples: Number of examples Hypothesis tries, at least 1.
-        steps: Steps per example, at least 1; use 3 or more to catch decay that is skipped
+        max_examples: number of examples Hypothesis tries, at least 1.
+        steps: steps per example, at least 1; use 3 or more to catch decay that is skipped
             on some steps.
         dtype: ``torch.float32`` or ``torch.float64`` for parameters and gradients.
-        device: Where the parameters live.
-        max_decay_per_step: Upper bound on each group's ``lr·weight_decay``, in ``(0, 1)``.
-        ulps: Tolerance in units of ``eps`` per unit of term magnitude; positive.
-        seed: Fixes Hypothesis's random seed when given.
-        hypothesis_settings: Settings to start from instead of the active profile, e.g.
+        device: where the parameters live.
+        max_decay_per_step: upper bound on each group's ``lr·weight_decay``, in ``(0, 1)``.
+        ulps: tolerance in units of ``eps`` per unit of term magnitude; positive.
+        seed: fixes Hypothesis's random seed when given.
+        hypothesis_settings: settings to start from instead of the active profile, e.g.
             ``settings(phases=[Phase.generate])`` to skip shrinking a failure.
 
     Raises:
-        ValueError: If an argument is invalid (raised before any example is run).
-        AssertionError: If the contract is broken; the message says at which step, for which
+        ValueError: if an argument is invalid (raised before any example is run).
+        AssertionError: if the contract is broken; the message says at which step, for which
             group and parameter, and Hypothesis adds the falsifying example.
 
     Example:

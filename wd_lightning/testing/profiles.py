@@ -70,13 +70,13 @@ def load_profile_from_env(environ: Mapping[str, str] | None = None) -> str:
     services do), else ``dev``.
 
     Args:
-        environ: Where to read the variable; ``os.environ`` when omitted.
+        environ: where to read the variable; ``os.environ`` when omitted.
 
     Returns:
         The name of the profile now active.
 
     Raises:
-        ValueError: If the variable names a profile other than ``ci``, ``dev`` or ``thorough``.
+        ValueError: if the variable names a profile other than ``ci``, ``dev`` or ``thorough``.
 
     Example:
         >>> from hypothesis import settings

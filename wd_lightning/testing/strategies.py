@@ -74,9 +74,9 @@ def tensor_shapes(
     """Small shapes, including the 0-d shape ``()`` of scalar parameters.
 
     Args:
-        min_dims: Fewest dimensions, at least 0.
-        max_dims: Most dimensions, at least ``min_dims``.
-        max_side: Largest size of one dimension, at least 1.
+        min_dims: fewest dimensions, at least 0.
+        max_dims: most dimensions, at least ``min_dims``.
+        max_side: largest size of one dimension, at least 1.
 
     Example:
         >>> shape = tensor_shapes(max_dims=2, max_side=3).example()
@@ -101,10 +101,10 @@ def tensors(
     """Tensors of a fixed shape with finite, normal (or zero) elements.
 
     Args:
-        shape: The shape of every tensor drawn.
+        shape: the shape of every tensor drawn.
         dtype: ``torch.float32`` or ``torch.float64``; elements are exact in it.
-        device: Where the tensors are created.
-        max_magnitude: Largest absolute element value; positive.
+        device: where the tensors are created.
+        max_magnitude: largest absolute element value; positive.
 
     Example:
         >>> import torch
@@ -142,11 +142,11 @@ def params_and_grads(
     """Starting weights and ``steps`` to ``max_steps`` gradients of the same shape.
 
     Args:
-        steps: Fewest gradients, at least 1.
-        max_steps: Most gradients; defaults to ``steps``.
+        steps: fewest gradients, at least 1.
+        max_steps: most gradients; defaults to ``steps``.
         dtype: ``torch.float32`` or ``torch.float64``.
-        device: Where the tensors are created.
-        max_magnitude: Largest absolute value of any weight or gradient element.
+        device: where the tensors are created.
+        max_magnitude: largest absolute value of any weight or gradient element.
 
     Example:
         >>> example = params_and_grads(steps=2, max_steps=3).example()
@@ -185,10 +185,10 @@ def decay_hyperparameters(
     draw is valid: nothing is filtered away, and the decay factor ``1 − lr·λ`` stays positive.
 
     Args:
-        min_lr: Smallest learning rate, > 0.
-        max_lr: Largest learning rate, ``>= min_lr``.
-        max_decay_per_step: Largest product ``lr·weight_decay``, in ``(0, 1)``.
-        allow_zero_decay: Whether ``weight_decay = 0`` may be drawn.
+        min_lr: smallest learning rate, > 0.
+        max_lr: largest learning rate, ``>= min_lr``.
+        max_decay_per_step: largest product ``lr·weight_decay``, in ``(0, 1)``.
+        allow_zero_decay: whether ``weight_decay = 0`` may be drawn.
 
     Example:
         >>> pair = decay_hyperparameters(max_decay_per_step=0.5).example()
@@ -216,8 +216,8 @@ def sgd_options(draw: st.DrawFn, *, allow_nesterov: bool = True) -> dict[str, An
     torch's rule that Nesterov momentum needs ``momentum > 0`` and ``dampening == 0``.
 
     Args:
-        draw: Supplied by Hypothesis.
-        allow_nesterov: Whether ``nesterov=True`` may be drawn.
+        draw: supplied by Hypothesis.
+        allow_nesterov: whether ``nesterov=True`` may be drawn.
 
     Example:
         >>> options = sgd_options().example()

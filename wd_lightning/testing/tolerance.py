@@ -26,13 +26,13 @@ def terms_magnitude(*terms: Tensor | float) -> Tensor:
     """Element-wise sum of the absolute values of the terms that made up a result.
 
     Args:
-        *terms: Tensors (or numbers) that broadcast together; at least one tensor.
+        *terms: tensors (or numbers) that broadcast together; at least one tensor.
 
     Returns:
         ``Σ|term|`` in float64, so that the tolerance itself adds no rounding of note.
 
     Raises:
-        ValueError: If no tensor is given.
+        ValueError: if no tensor is given.
 
     Example:
         >>> import torch
@@ -53,10 +53,10 @@ def sgd_terms_magnitude(param: Tensor, grad: Tensor, *, lr: float, weight_decay:
     """Size of the terms of one SGD step with coupled decay: ``|w| + η|g| + ηλ|w|``.
 
     Args:
-        param: The weights before the step.
-        grad: The gradient (or momentum direction) of the step.
-        lr: Learning rate ``η``.
-        weight_decay: Decay coefficient ``λ``.
+        param: the weights before the step.
+        grad: the gradient (or momentum direction) of the step.
+        lr: learning rate ``η``.
+        weight_decay: decay coefficient ``λ``.
 
     Returns:
         The magnitude, element by element, in float64.
@@ -86,16 +86,16 @@ def assert_close_to_terms(
     relative, or are flushed to zero by hardware that does not keep subnormals.
 
     Args:
-        actual: The value under test.
-        expected: The reference value; shapes must match exactly.
-        magnitude: Size of the terms that produced the value, e.g. from
+        actual: the value under test.
+        expected: the reference value; shapes must match exactly.
+        magnitude: size of the terms that produced the value, e.g. from
             :func:`sgd_terms_magnitude`; summed over all steps for a trajectory.
-        ulps: How many ``eps`` to allow per unit of magnitude; must be positive.
-        msg: Text put in front of the failure description.
+        ulps: how many ``eps`` to allow per unit of magnitude; must be positive.
+        msg: text put in front of the failure description.
 
     Raises:
-        ValueError: If ``ulps`` is not positive.
-        AssertionError: If the shapes differ, a value is not finite where the reference is,
+        ValueError: if ``ulps`` is not positive.
+        AssertionError: if the shapes differ, a value is not finite where the reference is,
             or an element lies outside the tolerance. The message names the worst element.
 
     Example:
