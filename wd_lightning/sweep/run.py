@@ -22,7 +22,6 @@ import copy
 import csv
 import math
 import shutil
-import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -39,14 +38,21 @@ from lightning.pytorch import (
 from torch import nn
 
 from wd_lightning.core import analysis
-from wd_lightning.core.errors import InvalidArgumentError
+from wd_lightning.core.errors import (
+    InvalidArgumentError,
+    check_distinct,
+    check_finite_non_negative,
+    check_int_at_least,
+)
+from wd_lightning.core.losses import HalfMSELoss
 from wd_lightning.sweep.distributed import (
     MemberParallelStrategy,
     gather_to_rank_zero,
     member_share,
 )
 from wd_lightning.sweep.ensemble import WeightDecayEnsemble
-from wd_lightning.training.module import HalfMSELoss, WeightDecayModule
+from wd_lightning.training.hparams import log_final_hparams
+from wd_lightning.training.module import WeightDecayModule
 from wd_lightning.training.scalar_runs import ScalarRuns
 
 __all__ = [
@@ -120,22 +126,12 @@ def sweep_members(weight_decays: Iterable[Any], seeds: Iterable[Any]) -> list[Sw
         ['wd=0_seed=0', 'wd=0_seed=1', 'wd=3_seed=0', 'wd=3_seed=1']
     """
     weight_decays, seeds = list(weight_decays), list(seeds)
-    if not weight_decays:
-        raise InvalidArgumentError("weight_decays", weight_decays, "a non-empty list of λ")
+    check_distinct("weight_decays", weight_decays, "λ values")
     for value in weight_decays:
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise InvalidArgumentError("weight_decays", value, "numbers (λ values)")
-        if not (math.isfinite(value) and value >= 0):
-            raise InvalidArgumentError("weight_decays", value, "finite numbers >= 0")
-    if len(set(weight_decays)) != len(weight_decays):
-        raise InvalidArgumentError("weight_decays", weight_decays, "distinct values")
-    if not seeds:
-        raise InvalidArgumentError("seeds", seeds, "a non-empty list of integer seeds")
+        check_finite_non_negative("weight_decays", value)
+    check_distinct("seeds", seeds, "integer seeds")
     for seed in seeds:
-        if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
-            raise InvalidArgumentError("seeds", seed, "integers >= 0")
-    if len(set(seeds)) != len(seeds):
-        raise InvalidArgumentError("seeds", seeds, "distinct values")
+        check_int_at_least("seeds", seed, 0)
     return [SweepMember(float(wd), seed) for wd in weight_decays for seed in seeds]
 
 
@@ -210,7 +206,7 @@ def run_sweep(
         _prepare_output_dir(output_dir, overwrite)
     share = member_share(len(members), rank, world_size)
     local = members[share.start : share.stop]
-    modules, initial = _build_members(build_module, local)
+    modules, initial, described_by = _build_members(build_module, local)
     writers = ScalarRuns(
         [output_dir / "runs" / member.run_name for member in local], flush_seconds=FLUSH_SECONDS
     )
@@ -225,7 +221,17 @@ def run_sweep(
         problem = _linear_problem(ensemble, datamodule)
         if problem is not None:
             _add_linear_analysis(rows, ensemble, problem, trainer, initial)
-        _write_hparams(writers, local, rows, trainer.global_step)
+        for run, (described, member, row) in enumerate(zip(described_by, local, rows, strict=True)):
+            if row["status"] == "ok":
+                log_final_hparams(
+                    [writers.run(run)],
+                    described,
+                    datamodule,
+                    weight_norm=row["total_weight_norm"],
+                    val_loss=row["val_loss"],
+                    step=trainer.global_step,
+                    seed=member.seed,
+                )
     finally:
         writers.close()
         curves.close()
@@ -244,8 +250,11 @@ def run_sweep(
 
 def _build_members(
     build_module: Callable[[float], WeightDecayModule], members: Sequence[SweepMember]
-) -> tuple[list[WeightDecayModule], list[dict[str, torch.Tensor]]]:
-    """One module per member, as a fit would build it, and each member's initial parameters.
+) -> tuple[list[WeightDecayModule], list[dict[str, torch.Tensor]], list[WeightDecayModule]]:
+    """One module per member as a fit would build it, its initial parameters, and its hparams.
+
+    The third list holds, per member, a module built with the member's λ,
+    whose saved hyper-parameters are the member's (for the HPARAMS tab).
 
     Building a module (parsing its configuration, grouping its parameters,
     checking its optimizer) costs milliseconds, a member of the book's sweep
@@ -272,7 +281,7 @@ def _build_members(
         _same_tensors(_parameters(module), reference) for module in by_weight_decay.values()
     ):
         modules = [_build(build_module, member) for member in members]
-        return modules, [_parameters(module) for module in modules]
+        return modules, [_parameters(module) for module in modules], modules
 
     modules = []
     for member in members:
@@ -282,7 +291,8 @@ def _build_members(
         module.param_groups_report = grouped.param_groups_report
         modules.append(module)
     initial = {seed: _parameters(module) for seed, module in by_seed.items()}
-    return modules, [initial[member.seed] for member in members]
+    described_by = [by_weight_decay[member.weight_decay] for member in members]
+    return modules, [initial[member.seed] for member in members], described_by
 
 
 def _build(
@@ -578,28 +588,6 @@ def _ridge_curve(
         }
         for weight_decay, solution in zip(grid, solutions, strict=True)
     ]
-
-
-def _write_hparams(
-    writers: ScalarRuns, members: list[SweepMember], rows: list[dict[str, Any]], step: int
-) -> None:
-    """λ and seed in each run's HPARAMS tab, against its final held-out loss and ‖w‖."""
-    from tensorboard.compat.proto.event_pb2 import Event
-    from torch.utils.tensorboard.summary import hparams
-
-    for run, (member, row) in enumerate(zip(members, rows, strict=True)):
-        if row["status"] != "ok":
-            continue
-        metrics = {"hp/val_loss": row["val_loss"], "hp/weight_norm": row["total_weight_norm"]}
-        for summary in hparams({"weight_decay": member.weight_decay, "seed": member.seed}, metrics):
-            writers.add_event(run, Event(wall_time=time.time(), step=0, summary=summary))
-        finite = {tag: value for tag, value in metrics.items() if not math.isnan(value)}
-        if finite:
-            mask = torch.zeros(len(members), dtype=torch.bool)
-            mask[run] = True
-            values = torch.zeros(len(members), len(finite))
-            values[run] = torch.tensor(list(finite.values()))
-            writers.add_table(list(finite), values, step, mask)
 
 
 def _write_csv(path: Path, columns: Sequence[str], rows: list[dict[str, Any]]) -> None:

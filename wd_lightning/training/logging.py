@@ -32,7 +32,8 @@ from lightning.pytorch.utilities import rank_zero_only
 from torch import Tensor
 from torch.utils.tensorboard import FileWriter, SummaryWriter
 
-from wd_lightning.training.tensorboard import EventFile, check_flush_seconds
+from wd_lightning.core.errors import check_finite_positive
+from wd_lightning.training.tensorboard import EventFile
 
 __all__ = ["BufferedTensorBoardLogger", "FlushLoggersAtEpochEnd", "TimedProgressBar"]
 
@@ -74,7 +75,7 @@ class BufferedTensorBoardLogger(TensorBoardLogger):
     """
 
     def __init__(self, save_dir: str | os.PathLike, flush_seconds: float = 2.0, **kwargs: Any):
-        self.flush_seconds = check_flush_seconds(flush_seconds)
+        self.flush_seconds = check_finite_positive("flush_seconds", flush_seconds)
         super().__init__(save_dir, **kwargs)
         self._hparams_file_written = False
 
@@ -210,7 +211,7 @@ class TimedProgressBar(TQDMProgressBar):
         self, refresh_seconds: float = 0.5, process_position: int = 0, leave: bool = False
     ) -> None:
         super().__init__(refresh_rate=1, process_position=process_position, leave=leave)
-        self.refresh_seconds = check_flush_seconds(refresh_seconds, "refresh_seconds")
+        self.refresh_seconds = check_finite_positive("refresh_seconds", refresh_seconds)
         self._last_drawn = -float("inf")
         self._epoch_shown: int | None = None
         self._epoch = 0  # the epoch of the latest training batch

@@ -36,8 +36,12 @@ from typing import Any
 import numpy as np
 from torch import Tensor
 
-from wd_lightning.core.errors import InvalidArgumentError
-from wd_lightning.training.tensorboard import check_flush_seconds
+from wd_lightning.core.errors import (
+    InvalidArgumentError,
+    check_finite_positive,
+    check_int_at_least,
+)
+from wd_lightning.training.tensorboard import hparams_summaries
 
 __all__ = ["ScalarRuns"]
 
@@ -83,12 +87,8 @@ class ScalarRuns:
     ) -> None:
         from tensorboard.compat.proto.event_pb2 import Event
 
-        self.flush_seconds = check_flush_seconds(flush_seconds)
-        if isinstance(max_buffered_bytes, bool) or not isinstance(max_buffered_bytes, int):
-            raise InvalidArgumentError("max_buffered_bytes", max_buffered_bytes, "an integer >= 1")
-        if max_buffered_bytes < 1:
-            raise InvalidArgumentError("max_buffered_bytes", max_buffered_bytes, "an integer >= 1")
-        self.max_buffered_bytes = max_buffered_bytes
+        self.flush_seconds = check_finite_positive("flush_seconds", flush_seconds)
+        self.max_buffered_bytes = check_int_at_least("max_buffered_bytes", max_buffered_bytes, 1)
         self.log_dirs = [Path(folder) for folder in log_dirs]
         self._paths: list[Path | None] = [None] * len(self.log_dirs)
         self._pending: list[bytearray] = [bytearray() for _ in self.log_dirs]
@@ -125,6 +125,10 @@ class ScalarRuns:
         records = layout.records(values.detach().float().cpu(), int(step), time.time())
         keep = range(len(self)) if runs is None else runs.cpu().nonzero().flatten().tolist()
         self._append(records, keep)
+
+    def run(self, index: int) -> _Run:
+        """Run ``index`` as a target of :func:`~wd_lightning.training.hparams.log_final_hparams`."""
+        return _Run(self, index)
 
     def add_event(self, run: int, event: Any) -> None:
         """Write an ``Event`` protocol buffer (e.g. HPARAMS summaries) to run ``run``."""
@@ -214,6 +218,26 @@ class ScalarRuns:
                 view = view[os.write(handle, view) :]
         finally:
             os.close(handle)
+
+
+class _Run:
+    """One run of a :class:`ScalarRuns`, with ``log_hyperparams`` as ``RunWriter`` has it."""
+
+    def __init__(self, runs: ScalarRuns, index: int) -> None:
+        self._runs, self._index = runs, index
+
+    def log_hyperparams(
+        self, params: dict[str, Any], metrics: dict[str, float], step: int = 0
+    ) -> None:
+        """Fill the run's HPARAMS tab, and write ``metrics`` as scalars at ``step``."""
+        from tensorboard.compat.proto.event_pb2 import Event
+        from tensorboard.compat.proto.summary_pb2 import Summary
+
+        for summary in hparams_summaries(params, metrics):
+            self._runs.add_event(self._index, Event(wall_time=time.time(), summary=summary))
+        values = [Summary.Value(tag=tag, simple_value=v) for tag, v in metrics.items()]
+        event = Event(wall_time=time.time(), step=step, summary=Summary(value=values))
+        self._runs.add_event(self._index, event)
 
 
 class _Collect:

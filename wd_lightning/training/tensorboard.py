@@ -11,7 +11,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from wd_lightning.core.errors import InvalidArgumentError, check_finite
+from wd_lightning.core.errors import check_finite_positive
 
 __all__ = ["EventFile", "RunWriter", "read_scalars"]
 
@@ -90,7 +90,7 @@ class EventFile:
         from tensorboard.compat.proto.event_pb2 import Event
         from tensorboard.summary.writer.record_writer import RecordWriter
 
-        self.flush_seconds = check_flush_seconds(flush_seconds)
+        self.flush_seconds = check_finite_positive("flush_seconds", flush_seconds)
         self.filename_suffix = filename_suffix
         self.log_dir = Path(log_dir)
         self.log_dir.mkdir(parents=True, exist_ok=True)
@@ -196,6 +196,18 @@ class RunWriter:
         self._write_pending()
         self._file.add_event(self._event(wall_time=time.time(), step=step, summary=summary))
 
+    def log_hyperparams(
+        self, params: dict[str, Any], metrics: dict[str, float], step: int = 0
+    ) -> None:
+        """Fill the run's HPARAMS tab, and write ``metrics`` as scalars at ``step``.
+
+        As Lightning's ``TensorBoardLogger.log_hyperparams``: values that are not a
+        number, string or bool are shown as their ``str``.
+        """
+        for summary in hparams_summaries(params, metrics):
+            self.add_summary(summary, 0)
+        self.add_scalars(metrics, step)
+
     def flush(self) -> None:
         """Write everything given so far to disk."""
         self._write_pending()
@@ -217,11 +229,19 @@ class RunWriter:
         self._file.add_event(event)
 
 
-def check_flush_seconds(value: float, argument: str = "flush_seconds") -> float:
-    """Return ``value`` as a float if it is a finite number of seconds > 0."""
-    if check_finite(argument, value) <= 0:
-        raise InvalidArgumentError(argument, value, "a finite number of seconds > 0")
-    return float(value)
+def hparams_summaries(params: dict[str, Any], metrics: dict[str, float]) -> tuple[Any, ...]:
+    """The three ``Summary`` protocol buffers of a run's HPARAMS tab.
+
+    As Lightning's ``TensorBoardLogger.log_hyperparams``: values that are not a
+    number, string or bool are shown as their ``str``.
+    """
+    from torch.utils.tensorboard.summary import hparams
+
+    plain = {
+        name: value if isinstance(value, (bool, int, float, str)) else str(value)
+        for name, value in params.items()
+    }
+    return hparams(plain, metrics)
 
 
 _FILE_COUNTER = itertools.count()
