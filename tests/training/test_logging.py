@@ -170,3 +170,28 @@ def test_timed_progress_bar_ends_showing_the_last_epoch_and_metrics(tmp_path, ca
     last = (shown.out + shown.err).replace("\r", "\n").strip().splitlines()
     final = [line for line in last if line.startswith("Epoch")][-1]
     assert final.startswith("Epoch 2: 100%") and "4/4" in final and "v_num=0" in final
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("validation_batch_size", [None, 10])
+def test_timed_progress_bar_drawing_at_every_chance(tmp_path, capsys, validation_batch_size):
+    # A refresh interval shorter than any batch draws every bar, the validation one included.
+    from lightning.pytorch import Trainer
+
+    from wd_lightning import LinearRegression, SyntheticRegressionDataModule
+
+    bar = TimedProgressBar(refresh_seconds=1e-9)
+    trainer = Trainer(
+        max_epochs=2,
+        callbacks=[bar],
+        logger=False,
+        enable_checkpointing=False,
+        enable_model_summary=False,
+        default_root_dir=tmp_path,
+    )
+    data = SyntheticRegressionDataModule(val_batch_size=validation_batch_size)
+    trainer.fit(LinearRegression(), data)
+    shown = capsys.readouterr()
+    lines = (shown.out + shown.err).replace("\r", "\n").splitlines()
+    assert any(line.startswith("Validation") for line in lines)
+    assert [line for line in lines if line.startswith("Epoch")][-1].startswith("Epoch 1: 100%")

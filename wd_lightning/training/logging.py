@@ -277,9 +277,19 @@ class TimedProgressBar(TQDMProgressBar):
             self._val_started = time.monotonic()
             self._val_batches_done = 0
 
-    def on_validation_batch_start(self, trainer: Trainer, *args: Any, **kwargs: Any) -> None:
+    def on_validation_batch_start(
+        self,
+        trainer: Trainer,
+        pl_module: LightningModule,
+        batch: Any,
+        batch_idx: int,
+        dataloader_idx: int = 0,
+    ) -> None:
         if trainer.sanity_checking:
-            super().on_validation_batch_start(trainer, *args, **kwargs)
+            super().on_validation_batch_start(trainer, pl_module, batch, batch_idx, dataloader_idx)
+        else:
+            # Tracks which dataloader runs: the bar's total is that dataloader's length.
+            self.has_dataloader_changed(dataloader_idx)
 
     def on_validation_batch_end(
         self,
@@ -312,6 +322,7 @@ class TimedProgressBar(TQDMProgressBar):
         if self._val_bar is not None:
             self._val_bar.close()
             self._val_bar = None
+        self.reset_dataloader_idx_tracker()
         if trainer.state.fn == "fit" and self.is_enabled and self._due():
             self._draw_train(trainer, pl_module)
 
