@@ -4,6 +4,7 @@ Run it as::
 
     python benchmarks/bench_sweep.py --processes 5                  # the 65-run sweep
     python benchmarks/bench_sweep.py --scaling --repeats 3          # growth with members
+    python benchmarks/bench_sweep.py --split 1000 --repeats 3       # 1 process against 2
 
 Three comparisons, each against a baseline measured in the same invocation:
 
@@ -27,6 +28,12 @@ ratio to one fit, the peak memory (resident set) against the members'
 parameters, and where the time went (building members, training, event
 files, curves, summary and analysis, figures), from a process that times its
 own phases.
+
+With ``--split MEMBERS``: the same book-run sweep in one process and split
+across two CPU processes (``--trainer.devices 2 --trainer.accelerator cpu
+--trainer.strategy ddp``), fresh processes, interleaved; the two must write
+the same tables (checked), and the ratio says what the second process buys
+(on a machine with at least two free cores).
 
 Prints Markdown tables for BENCHMARKS.md.
 """
@@ -229,6 +236,29 @@ def scaling(configs: list[str], repeats: int, sizes: dict[str, list[int]]) -> No
         )
 
 
+def split(members: int, repeats: int) -> None:
+    """One process against two for the same sweep; the tables must match."""
+    two = ["--trainer.devices", "2", "--trainer.accelerator", "cpu", "--trainer.strategy", "ddp"]
+    times: dict[str, list[float]] = {"1 process": [], "2 processes": []}
+    with tempfile.TemporaryDirectory() as folder:
+        for _ in range(repeats):
+            for name, extra in (("1 process", []), ("2 processes", two)):
+                args = [*_sweep_args(members, "book", name.replace(" ", "_")), *extra]
+                times[name].append(_process(args, folder))
+        for table in ("summary.csv", "curves.csv"):
+            one = (Path(folder) / "1_process" / table).read_text()
+            if (Path(folder) / "2_processes" / table).read_text() != one:
+                raise SystemExit(f"{table} differs between 1 and 2 processes")
+    base = statistics.median(times["1 process"])
+    print(f"**Machine:** {_machine()}\n")
+    print(f"Book-run sweep of {members:,} members, {repeats} fresh processes each, interleaved; ")
+    print("summary.csv and curves.csv identical.\n")
+    print("| run | median wall | ratio |\n|---|---|---|")
+    for name, samples in times.items():
+        median = statistics.median(samples)
+        print(f"| {name} | {median:.2f} s | {median / base:.2f}× |")
+
+
 def _parameter_bytes(config: str) -> int:
     from wd_lightning import MLP
 
@@ -258,11 +288,15 @@ def main_() -> None:
     parser.add_argument("--repeats", type=int, default=3, help="--scaling: processes per size")
     parser.add_argument("--book", type=int, nargs="*", default=list(BOOK_GRIDS))
     parser.add_argument("--mlp", type=int, nargs="*", default=list(MLP_GRIDS))
+    parser.add_argument("--split", type=int, help="members of a 1- against 2-process sweep")
     parser.add_argument("--one", nargs=3, help=argparse.SUPPRESS)  # MEMBERS CONFIG OUTPUT_DIR
     args = parser.parse_args()
     if args.one:
         members, config, output_dir = args.one
         print(json.dumps(timed_sweep(int(members), config, output_dir)))
+        return
+    if args.split:
+        split(args.split, args.repeats)
         return
     if args.scaling:
         configs = [name for name in ("book", "mlp") if getattr(args, name)]
