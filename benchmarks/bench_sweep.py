@@ -197,6 +197,7 @@ def timed_sweep(members: int, config: str, output_dir: str) -> dict[str, float]:
     # Events and curves are written during training: count them once, as themselves.
     spent["training"] -= spent["events"] + spent["curves"]
     spent["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    spent["parameters_mb"] = _parameter_bytes(config) * members / 2**20
     return spent
 
 
@@ -218,6 +219,9 @@ def scaling(configs: list[str], repeats: int, sizes: dict[str, list[int]]) -> No
                     phases = json.loads(done.stdout.strip().splitlines()[-1])
                     phases["wall"] = time.perf_counter() - start
                     results.setdefault((config, members), []).append(phases)
+                    # Each measurement as it comes: a long run keeps what it measured.
+                    measured = f"measured: fit {fits[-1]:.2f} s; {config} {members}: {phases}"
+                    print(measured, flush=True)
     fit = statistics.median(fits)
     print(f"**Machine:** {_machine()}\n")
     print(f"Baseline: `fit --config configs/d2l_weight_decay.yaml`, median {fit:.2f} s "
@@ -228,7 +232,7 @@ def scaling(configs: list[str], repeats: int, sizes: dict[str, list[int]]) -> No
     print("|---" * (6 + len(PHASES)) + "|")
     for (config, members), samples in results.items():
         median = {key: statistics.median(s[key] for s in samples) for key in samples[0]}
-        parameters = _parameter_bytes(config) * members / 2**20
+        parameters = median["parameters_mb"]
         phases = " | ".join(f"{median[phase]:.2f} s" for phase in PHASES)
         print(
             f"| {config} | {members:,} | {median['wall']:.2f} s | {median['wall'] / fit:.2f}× | "
