@@ -344,14 +344,26 @@ class WeightDecayModule(LightningModule):
         )
 
     # ------------------------------------------------------------- TensorBoard
-    def on_fit_start(self) -> None:
+    def on_train_start(self) -> None:
+        # Here rather than at on_fit_start: the training loader is set up, so τ
+        # can be given in epochs as well as in steps.
         report, optimizer = self.param_groups_report, self.trainer.optimizers[0]
         # Say where every parameter went before the first step: a wrong grouping
         # is cheap to spot here and expensive to discover after a long run.
-        rank_zero_info(f"Parameter groups:\n{report.summary(optimizer)}")
+        steps_per_epoch = _steps_per_epoch(self.trainer)
+        rank_zero_info(f"Parameter groups:\n{report.summary(optimizer, steps_per_epoch)}")
         for logger in self.loggers:
             if isinstance(logger, TensorBoardLogger):
-                logger.experiment.add_text("param_groups", report.markdown(optimizer), 0)
+                markdown = report.markdown(optimizer, steps_per_epoch)
+                logger.experiment.add_text("param_groups", markdown, 0)
+
+
+def _steps_per_epoch(trainer: Any) -> int | None:
+    """Optimizer steps per training epoch, for τ in epochs; ``None`` when it is not known."""
+    batches = trainer.num_training_batches
+    if not math.isfinite(batches) or batches <= 0:
+        return None
+    return max(1, math.ceil(batches / trainer.accumulate_grad_batches))
 
 
 def _plain_numbers(*hparams: dict[str, Any]) -> None:
