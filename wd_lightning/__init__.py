@@ -17,6 +17,7 @@ __version__ = "0.1.0"
 _EXPORTS = {
     "BatchMismatchError": "wd_lightning.core.errors",
     "CheckpointError": "wd_lightning.core.errors",
+    "DigitsDataModule": "wd_lightning.training.digits",
     "DecayRules": "wd_lightning.core.grouping",
     "GroupOverride": "wd_lightning.core.grouping",
     "HalfMSELoss": "wd_lightning.training.module",
@@ -25,6 +26,7 @@ _EXPORTS = {
     "MLP": "wd_lightning.training.models",
     "ParamGroupsReport": "wd_lightning.core.grouping",
     "RandomStateCheckpoint": "wd_lightning.training.random_state",
+    "SmallConvNet": "wd_lightning.training.models",
     "SyntheticClassificationDataModule": "wd_lightning.training.data",
     "SyntheticRegressionDataModule": "wd_lightning.training.data",
     "TrainingDivergedError": "wd_lightning.core.errors",
@@ -42,12 +44,14 @@ __all__ = [
     "BatchMismatchError",
     "CheckpointError",
     "DecayRules",
+    "DigitsDataModule",
     "GroupOverride",
     "HalfMSELoss",
     "InvalidArgumentError",
     "LinearRegression",
     "ParamGroupsReport",
     "RandomStateCheckpoint",
+    "SmallConvNet",
     "SyntheticClassificationDataModule",
     "SyntheticRegressionDataModule",
     "TrainingDivergedError",
@@ -83,7 +87,8 @@ if TYPE_CHECKING:
         SyntheticClassificationDataModule,
         SyntheticRegressionDataModule,
     )
-    from wd_lightning.training.models import MLP, LinearRegression
+    from wd_lightning.training.digits import DigitsDataModule
+    from wd_lightning.training.models import MLP, LinearRegression, SmallConvNet
     from wd_lightning.training.module import HalfMSELoss, WeightDecayModule
     from wd_lightning.training.random_state import RandomStateCheckpoint
 
