@@ -8,7 +8,7 @@ import torch
 
 from tests.fits import CONFIGS
 from wd_lightning.cli import WeightDecayCLI, main
-from wd_lightning.sweep.plots import read_table
+from wd_lightning.sweep.plots import FIGURES, read_table
 
 SHIPPED = sorted(CONFIGS.glob("*.yaml"))
 # Sweep configs hold the grid (weight_decays, seeds) on top of a fit's sections.
@@ -103,7 +103,8 @@ def _sweep(config: str, tmp_path) -> dict[float, list[dict]]:
     """The shipped sweep's summary rows, by λ."""
     output_dir = tmp_path / "sweep"
     main(["sweep", "--config", str(CONFIGS / config), "--output_dir", str(output_dir)])
-    assert len(list((output_dir / "figures").glob("*.png"))) == 3
+    figures = {path.name for path in (output_dir / "figures").glob("*.png")}
+    assert figures == {*FIGURES, "val_mse_vs_weight_decay.png"}
     by_weight_decay: dict[float, list[dict]] = {}
     for row in read_table(output_dir / "summary.csv"):
         by_weight_decay.setdefault(row["weight_decay"], []).append(row)

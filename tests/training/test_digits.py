@@ -1,6 +1,7 @@
 """scikit-learn's digits as a data module, the small conv net, and both through the sweep."""
 
 import importlib.util
+import runpy
 
 import pytest
 import torch
@@ -8,7 +9,7 @@ from lightning.pytorch import seed_everything
 from torch import nn
 from torchmetrics.classification import MulticlassAccuracy
 
-from tests.fits import quiet_trainer
+from tests.fits import REPO, quiet_trainer
 from wd_lightning import InvalidArgumentError, SmallConvNet, WeightDecayModule
 from wd_lightning.training import digits
 from wd_lightning.training.digits import DIGITS_EXAMPLES, DigitsDataModule
@@ -129,3 +130,8 @@ def test_a_conv_sweep_is_the_separate_fits(tmp_path):
     assert summary[1]["val_accuracy"] == pytest.approx(rows[3.0]["val_accuracy"])
     figures = [path.name for path in write_figures(tmp_path / "sweep")]
     assert "val_accuracy_vs_weight_decay.png" in figures
+    # The README's table is printed from the same summary by examples/sweep_table.py.
+    script = runpy.run_path(str(REPO / "examples" / "sweep_table.py"))
+    table = script["sweep_table"](tmp_path / "sweep", steps_per_epoch=4).splitlines()
+    assert len(table) == 4 and table[2].startswith("| 0 | ∞ | ∞ | 1 |")
+    assert table[3].startswith(f"| 3 | 33.3 | 8.33 | {(1 - 0.03) ** steps:.3g} |")

@@ -245,12 +245,12 @@ class WeightDecayEnsemble(LightningModule):
         self._coupled = template.penalty == "loss" or not optimizer.defaults.get(
             "decoupled_weight_decay", False
         )
+        self.init_remaining = self._initial_weight_factors(optimizer)
         if template.lr_scheduler_factory is None:
             return optimizer
         return {"optimizer": optimizer, "lr_scheduler": template.lr_scheduler_factory(optimizer)}
 
     def on_fit_start(self) -> None:
-        self.init_remaining = self._initial_weight_factors(self.trainer.optimizers[0])
         # Per-member λ shaped to broadcast over each stacked parameter, kept in
         # float64 so that 1 − lr·λ rounds as torch's own (double) arithmetic does.
         params = self.stacked_parameters()

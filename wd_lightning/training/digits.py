@@ -84,7 +84,7 @@ class DigitsDataModule(InMemoryDataModule):
         num_train: int = 100,
         num_val: int = 500,
         num_test: int = 500,
-        batch_size: int = 20,
+        batch_size: int = 25,
         data_seed: int = 0,
         val_batch_size: int | None = None,
     ) -> None:
