@@ -161,7 +161,7 @@ def test_outputs_one_run_per_member_and_the_tables(tmp_path, capsys):
     out = capsys.readouterr().out
     assert "‖w*‖" in out and "summary.csv" in out
     hparams = read_scalars(output_dir / "runs" / "wd=3_seed=1")
-    assert {"hp/val_loss", "hp/weight_norm", "hp/val_mse"} <= set(hparams)
+    assert {"hp/val_loss", "hp/weight_norm"} <= set(hparams)
     assert hparams["weight_decay/init_remaining/decay"][-1][1] == pytest.approx(
         rows[3]["init_remaining"]
     )
