@@ -146,14 +146,14 @@ def test_ucurve_sweep_has_a_u_shaped_held_out_loss(tmp_path):
 @pytest.mark.slow
 def test_digits_fit_runs_and_shows_the_timescale(tmp_path, caplog):
     # A few epochs only: the full run is the README's command, not a test.
-    args = ["fit", "--config", str(CONFIGS / "digits_fit.yaml"), "--trainer.max_epochs", "3"]
+    args = ["fit", "--config", str(CONFIGS / "digits_fit.yaml"), "--trainer.max_epochs", "10"]
     with caplog.at_level("INFO"):
         cli = WeightDecayCLI(args=[*args, "--trainer.default_root_dir", str(tmp_path), *QUIET])
     assert isinstance(cli.trainer.optimizers[0], torch.optim.AdamW)
-    assert cli.trainer.global_step == 12
-    assert cli.trainer.callback_metrics["val/accuracy"] > 0.3  # chance is 0.1
+    assert cli.trainer.global_step == 40
+    assert cli.trainer.callback_metrics["val/accuracy"] > 0.5  # chance is 0.1; 0.754 measured
     (tested,) = cli.trainer.test(cli.model, datamodule=cli.datamodule, verbose=False)
-    assert set(tested) == {"test/loss", "test/accuracy"} and tested["test/accuracy"] > 0.3
+    assert set(tested) == {"test/loss", "test/accuracy"} and tested["test/accuracy"] > 0.5
     weight_decay, lr = cli.model.weight_decay, cli.trainer.optimizers[0].param_groups[0]["lr"]
     decay_row = next(line for line in caplog.text.splitlines() if line.startswith("decay "))
     assert decay_row.split()[-2:] == [
