@@ -120,7 +120,8 @@ def test_no_factor_when_switched_off(tmp_path):
     data = SyntheticRegressionDataModule()
     logger = TensorBoardLogger(tmp_path, name="run", version=0)
     monitor = WeightNormMonitor(log_init_remaining=False)
-    quiet_trainer(max_epochs=2, logger=logger, callbacks=[monitor]).fit(model, data)
+    trainer = quiet_trainer(max_epochs=2, logger=logger, callbacks=[monitor], log_every_n_steps=4)
+    trainer.fit(model, data)
     assert not [tag for tag in read_scalars(logger.log_dir) if tag.startswith("weight_decay/")]
     assert monitor.state_dict() == {}
 
@@ -136,7 +137,9 @@ def test_the_factor_is_a_python_float_between_logging_steps(tmp_path):
             seen.extend(factor.value for factor, _ in monitor._factors[0].values())
 
     logger = TensorBoardLogger(tmp_path, name="run", version=0)
-    trainer = quiet_trainer(max_epochs=2, logger=logger, callbacks=[monitor, Spy()])
+    trainer = quiet_trainer(
+        max_epochs=2, logger=logger, callbacks=[monitor, Spy()], log_every_n_steps=4
+    )
     trainer.fit(model, SyntheticRegressionDataModule())
     assert len(seen) == 8 and all(type(value) is float for value in seen)
     assert seen[-1] == pytest.approx(0.991**8, rel=1e-12)
