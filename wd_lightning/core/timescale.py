@@ -45,7 +45,12 @@ from typing import Any, Literal
 
 from torch import Tensor
 
-from wd_lightning.core.errors import InvalidArgumentError, check_finite_non_negative
+from wd_lightning.core.errors import (
+    InvalidArgumentError,
+    check_finite_non_negative,
+    check_finite_positive,
+    check_one_of,
+)
 
 __all__ = [
     "DecayKind",
@@ -88,10 +93,7 @@ class GroupDecay:
     optimizer: str = ""
 
     def __post_init__(self) -> None:
-        if self.kind not in ("none", "coupled", "decoupled", "adaptive"):
-            raise InvalidArgumentError(
-                "kind", self.kind, "'none', 'coupled', 'decoupled' or 'adaptive'"
-            )
+        check_one_of("kind", self.kind, ("none", "coupled", "decoupled", "adaptive"))
         check_finite_non_negative("weight_decay", self.weight_decay)
 
     @property
@@ -205,8 +207,7 @@ def decay_timescale(lr: float, weight_decay: float, decay: GroupDecay | None = N
         2000
     """
     weight_decay = check_finite_non_negative("weight_decay", weight_decay)
-    if not (isinstance(lr, (int, float)) and math.isfinite(lr) and lr > 0):
-        raise InvalidArgumentError("lr", lr, "a finite number > 0")
+    lr = check_finite_positive("lr", lr)
     if decay is not None and decay.kind == "adaptive":
         raise InvalidArgumentError(
             "decay", decay.optimizer, f"a rule with a closed form: {decay.describe()}"
