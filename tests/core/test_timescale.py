@@ -141,3 +141,26 @@ def test_state_round_trip_continues_the_momentum_recurrence():
         whole.step(0.1)
         resumed.step(0.1)
     assert resumed.value == whole.value
+
+
+def test_the_parameter_group_report_shows_tau_with_its_rule():
+    from torch import nn
+
+    from wd_lightning import explain_param_groups
+
+    model = nn.Sequential(nn.Linear(4, 8), nn.LayerNorm(8), nn.Linear(8, 1))
+    report = explain_param_groups(model, weight_decay=0.1)
+    adamw = torch.optim.AdamW(report.groups, lr=1e-3)
+    lines = report.summary(adamw, steps_per_epoch=50).splitlines()
+    assert lines[0].split()[-4:] == ["τ", "(steps)", "τ", "(epochs)"]
+    assert lines[1].split()[-2:] == ["10,000", "200"] and lines[2].split()[-2:] == ["-", "-"]
+    assert "AdamW decays decoupled: τ = 1/(lr·λ)" in lines[3]
+    assert "| decay | 2 | 40 | 0.1 | 0.001 | 10,000 | 200 |" in report.markdown(adamw, 50)
+    # Without an optimizer there is no lr, so no τ: the summary stays as it was.
+    assert "τ" not in report.summary()
+
+    coupled = explain_param_groups(model, weight_decay=0.1)
+    adam = torch.optim.Adam(coupled.groups, lr=1e-3)
+    summary = coupled.summary(adam)
+    assert "no closed form" in summary.splitlines()[1]
+    assert "no closed-form timescale" in summary
