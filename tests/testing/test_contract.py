@@ -152,7 +152,11 @@ def test_passes_torch_optimizers_in_each_dtype_and_device(dtype: torch.dtype, de
             id="decays-gradless-adamw",
         ),
         pytest.param(
-            broken.GradMutatingSGD, "coupled", {}, "modified .grad in place", id="mutated-grad"
+            broken.GradMutatingSGD,
+            "coupled",
+            {"grad_writes": "fail"},
+            "modified .grad in place",
+            id="mutated-grad",
         ),
         pytest.param(
             broken.UnscaledDecayAdamW,
@@ -189,9 +193,16 @@ def test_passes_torch_optimizers_in_each_dtype_and_device(dtype: torch.dtype, de
     ],
 )
 def test_catches_mistake(factory: Any, coupling: Any, kwargs: dict[str, Any], message: str) -> None:
+    # Options of the check itself travel in the same dict as the optimizer's.
+    kwargs = dict(kwargs)
+    check_options = {"grad_writes": kwargs.pop("grad_writes")} if "grad_writes" in kwargs else {}
     with pytest.raises(AssertionError, match=message) as caught:
         check_weight_decay(
-            factory, coupling, optimizer_kwargs=kwargs, hypothesis_settings=_without_shrinking()
+            factory,
+            coupling,
+            optimizer_kwargs=kwargs,
+            hypothesis_settings=_without_shrinking(),
+            **check_options,
         )
     # Hypothesis attaches the falsifying example to the error.
     notes = "\n".join(getattr(caught.value, "__notes__", []))
@@ -239,7 +250,13 @@ def test_same_seed_gives_same_falsifying_example() -> None:
 @pytest.mark.parametrize(
     ("arguments", "message"),
     [
-        ({"coupling": "l2"}, r"`coupling` must be one of \('coupled', 'decoupled'\), got 'l2'"),
+        ({"coupling": "l2"}, r"`coupling` must be one of \('coupled', 'decoupled', .*got 'l2'"),
+        ({"warmup_steps": -1}, "`warmup_steps` must be an int >= 0"),
+        ({"grad_writes": "raise"}, "`grad_writes` must be one of"),
+        ({"closure": "yes"}, "`closure` must be True or False"),
+        ({"shapes": (2, 2)}, "`shapes` must be a Hypothesis strategy"),
+        ({"group_options": {"lr": 1.0}}, r"`group_options` must not contain \['lr'\]"),
+        ({"dtype": [torch.float32, torch.int64]}, "`dtype` must be torch.float32 or"),
         ({"factory": "SGD"}, "`factory` must be callable"),
         ({"optimizer_kwargs": {"lr": 0.1}}, r"`optimizer_kwargs` must not contain \['lr'\]"),
         ({"max_examples": 0}, "`max_examples` must be an int >= 1"),

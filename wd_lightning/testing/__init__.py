@@ -19,8 +19,11 @@ if TYPE_CHECKING:
         COUPLINGS,
         DEFAULT_MAX_EXAMPLES,
         Coupling,
+        GradientWriteWarning,
         check_weight_decay,
     )
+    from wd_lightning.testing.decay_contracts import CONTRACTS, DecayContract, DecayStep
+    from wd_lightning.testing.identify import DecayIdentification, identify_weight_decay
     from wd_lightning.testing.profiles import (
         PROFILE_ENV_VAR,
         PROFILES,
@@ -51,6 +54,12 @@ _EXPORTS = {
     "DEFAULT_MAX_EXAMPLES": "contract",
     "Coupling": "contract",
     "check_weight_decay": "contract",
+    "GradientWriteWarning": "contract",
+    "CONTRACTS": "decay_contracts",
+    "DecayContract": "decay_contracts",
+    "DecayStep": "decay_contracts",
+    "DecayIdentification": "identify",
+    "identify_weight_decay": "identify",
     "PROFILE_ENV_VAR": "profiles",
     "PROFILES": "profiles",
     "load_profile_from_env": "profiles",
@@ -71,19 +80,25 @@ _EXPORTS = {
 }
 
 __all__ = [
+    "CONTRACTS",
     "COUPLINGS",
     "DEFAULT_MAX_EXAMPLES",
     "DEFAULT_ULPS",
     "PROFILES",
     "PROFILE_ENV_VAR",
     "Coupling",
+    "DecayContract",
     "DecayHyperparameters",
+    "DecayIdentification",
+    "DecayStep",
+    "GradientWriteWarning",
     "ParamAndGrads",
     "adam_options",
     "assert_close_to_terms",
     "check_weight_decay",
     "decay_hyperparameters",
     "float_dtypes",
+    "identify_weight_decay",
     "load_profile_from_env",
     "params_and_grads",
     "register_profiles",
