@@ -61,7 +61,10 @@ class Scenario:
 
     def lr_at(self, group: int, step: int) -> float:
         """The learning rate of ``group`` at ``step`` (0-based)."""
-        return self.groups[group].lr * self.lr_multipliers[step % len(self.lr_multipliers)]
+        # Capped at 1 so that lr·λ stays below max_decay_per_step, as λ alone does.
+        return min(
+            1.0, self.groups[group].lr * self.lr_multipliers[step % len(self.lr_multipliers)]
+        )
 
     def summary(self) -> str:
         groups = ", ".join(
@@ -211,8 +214,9 @@ def scenarios(
 
     # The schedule starts at the group's lr and then changes it, as a scheduler would: a decay
     # computed from the first lr, or not multiplied by the lr at all, then shows.
+    # It also rises above the first lr, so that the largest lr so far is not always the first.
     later_multipliers = st.lists(
-        st.one_of(st.just(1.0), st.floats(0.25, 1.0)), min_size=steps - 1, max_size=steps - 1
+        st.one_of(st.just(1.0), st.floats(0.25, 1.5)), min_size=steps - 1, max_size=steps - 1
     )
 
     @st.composite
