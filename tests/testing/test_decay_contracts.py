@@ -126,7 +126,13 @@ def test_warmup_optimizer_is_run_until_it_moves() -> None:
 
 def test_warmup_longer_than_allowed_fails_clearly() -> None:
     with pytest.raises(AssertionError, match="never moved the weights in 5 steps"):
-        check_weight_decay(rules.WarmupSGD, "coupled", max_examples=5, warmup_steps=1)
+        check_weight_decay(
+            rules.WarmupSGD,
+            "coupled",
+            max_examples=5,
+            warmup_steps=1,
+            hypothesis_settings=_without_shrinking(),
+        )
 
 
 def test_optimizer_that_never_moves_fails_clearly() -> None:
@@ -175,7 +181,10 @@ def test_trust_ratio_applied_always_passes() -> None:
 def test_trust_ratio_applied_only_with_decay_is_named_in_the_failure() -> None:
     with pytest.raises(AssertionError, match="behaves differently at weight_decay=0"):
         check_weight_decay(
-            rules.TrustRatioOnlyWithDecaySGD, "coupled", shapes=VECTORS, max_examples=10
+            rules.TrustRatioOnlyWithDecaySGD,
+            "coupled",
+            shapes=VECTORS,
+            hypothesis_settings=_without_shrinking(),
         )
 
 
@@ -214,7 +223,9 @@ def test_mixed_dtypes_across_groups() -> None:
 
 def test_group_options_reach_every_group() -> None:
     with pytest.raises(ValueError, match="use_flag"):
-        check_weight_decay(rules.FlaggedGroupsSGD, "coupled", max_examples=1)
+        check_weight_decay(
+            rules.FlaggedGroupsSGD, "coupled", hypothesis_settings=_without_shrinking()
+        )
     check_weight_decay(
         rules.FlaggedGroupsSGD, "coupled", group_options={"use_flag": True}, max_examples=10
     )
@@ -222,6 +233,8 @@ def test_group_options_reach_every_group() -> None:
 
 def test_closure_for_optimizers_that_require_one() -> None:
     with pytest.raises(RuntimeError, match="requires a closure"):
-        check_weight_decay(rules.ClosureOnlySGD, "coupled", max_examples=1)
+        check_weight_decay(
+            rules.ClosureOnlySGD, "coupled", hypothesis_settings=_without_shrinking()
+        )
     check_weight_decay(rules.ClosureOnlySGD, "coupled", closure=True, max_examples=10)
     check_weight_decay(torch.optim.Adam, "coupled", closure=True, max_examples=10)

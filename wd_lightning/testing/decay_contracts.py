@@ -127,8 +127,10 @@ class _FittedScaleContract(DecayContract):
         removed = twin_result.detach().to(torch.float64) - actual.detach().to(torch.float64)
         denominator = float((decay * decay).sum())
         scale = float((removed * decay).sum()) / denominator if denominator > 0 else 0.0
-        # A step size is positive: decay that grows the weights is not this rule.
-        scale = max(scale, 0.0)
+        if not scale > 0:
+            # A step size is positive: decay that grows the weights, or a step that skips the
+            # decay, is not this rule. Expect the lr-sized decay instead, so that it shows.
+            scale = step.lr
         return (twin_result.detach().to(torch.float64) - scale * decay).to(twin_result.dtype)
 
 

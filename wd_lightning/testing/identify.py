@@ -9,6 +9,7 @@ without a closure.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -90,6 +91,9 @@ class _Findings:
     examples: int = 0
     first_failing: Scenario | None = None
     steps: int = 0
+    unmoved: list[int] = field(default_factory=list)
+    without_effect: list[int] = field(default_factory=list)
+    informative: int = 0
 
 
 def identify_weight_decay(
@@ -164,6 +168,7 @@ def identify_weight_decay(
         f"{str(dtype).removeprefix('torch.')}, "
         f"{'matrices only' if matrices_only else '0- to 2-d parameters'}"
         f"{', a closure' if options.closure else ''}"
+        f"{''.join(f', groups with {k}={v!r}' for k, v in options.group_options.items())}"
     )
     findings = _run_examples(options, dtype, matrices_only, device, max_examples, steps, seed)
     holding = [c.name for c in CONTRACTS.values() if held(c, findings.mismatches)]
@@ -172,6 +177,12 @@ def identify_weight_decay(
     notes = []
     if findings.grad_written is not None:
         notes.append(f"writes into .grad: {findings.grad_written}")
+    skipped = len(findings.unmoved) + len(findings.without_effect)
+    if skipped and findings.informative:
+        notes.append(
+            f"{skipped} of {findings.examples} examples were left out: the weights did not "
+            "move, or weight_decay made no difference"
+        )
     if findings.warmup > steps:
         notes.append(f"made its first update only after {findings.warmup} steps (warm-up)")
     if not contracts and findings.first_failing is not None:
@@ -198,6 +209,39 @@ def _find_setup(
     base: RunOptions, device: torch.device
 ) -> tuple[RunOptions, torch.dtype, bool] | str:
     """The first way to run the optimizer without an error, or the first error."""
+    found = _find_setup_with(base, device)
+    flag = _missing_group_flag(found) if isinstance(found, str) else None
+    if flag is not None:
+        # Optimizers such as Muon variants insist on a flag on each group: set it and retry.
+        flagged = RunOptions(
+            base.factory,
+            base.kwargs,
+            {**base.group_options, flag: True},
+            base.closure,
+            base.steps,
+            base.warmup_steps,
+            base.ulps,
+        )
+        retried = _find_setup_with(flagged, device)
+        if not isinstance(retried, str):
+            return retried
+    return found
+
+
+_MISSING_FLAG = re.compile(r"(?:KeyError: '(\w+)'|`(\w+)` must be set)")
+
+
+def _missing_group_flag(error: str) -> str | None:
+    match = _MISSING_FLAG.search(error)
+    if match is None:
+        return None
+    flag = match.group(1) or match.group(2)
+    return None if flag in _RESERVED_KWARGS else flag
+
+
+def _find_setup_with(
+    base: RunOptions, device: torch.device
+) -> tuple[RunOptions, torch.dtype, bool] | str:
     first_error: str | None = None
     for closure in (False, True):
         options = RunOptions(
@@ -280,6 +324,15 @@ def _run_examples(
         _record(findings, outcome, scenario)
 
     hypothesis_seed(seed)(every_contract)()
+    if not findings.informative and not findings.problems:
+        if findings.unmoved and not findings.without_effect:
+            findings.problems.append(
+                f"never moved the weights in {max(findings.unmoved)} steps with weight_decay=0"
+            )
+        elif findings.without_effect or findings.unmoved:
+            findings.problems.append(
+                f"weight_decay had no effect in {findings.steps} steps or more: it is ignored"
+            )
     return findings
 
 
@@ -288,15 +341,13 @@ def _record(findings: _Findings, outcome: Outcome, scenario: Scenario) -> None:
         findings.problems.append(outcome.gradless_moved)
         return
     if outcome.moved_at is None:
-        findings.problems.append(
-            f"never moved the weights in {outcome.steps_run} steps with weight_decay=0"
-        )
+        # Not evidence for or against any contract; a problem only if no example moved.
+        findings.unmoved.append(outcome.steps_run)
         return
     if outcome.decay_effective_at is None:
-        findings.problems.append(
-            f"weight_decay had no effect in {outcome.steps_run} steps: it is ignored"
-        )
+        findings.without_effect.append(outcome.steps_run)
         return
+    findings.informative += 1
     findings.warmup = max(findings.warmup, outcome.moved_at)
     if findings.grad_written is None:
         findings.grad_written = outcome.grad_written

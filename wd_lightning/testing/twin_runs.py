@@ -158,7 +158,13 @@ def scenarios(
     shapes: st.SearchStrategy[tuple[int, ...]] | None,
 ) -> st.SearchStrategy[Scenario]:
     """Examples of two or three groups with their own lr, λ, dtype and a changing lr."""
-    shapes = tensor_shapes(max_dims=2, max_side=2) if shapes is None else shapes
+    if shapes is None:
+        shapes = tensor_shapes(max_dims=2, max_side=2)
+        # The first parameter has two elements or more: on a single element, a step scaled to
+        # the weights' norm (trust ratios, normalised updates) hides any decay.
+        anchor_shapes = st.sampled_from([(2,), (1, 2), (2, 1), (2, 2)])
+    else:
+        anchor_shapes = shapes
     # One strategy object per (shape, dtype): Hypothesis validates each new strategy on first
     # use, and building them afresh inside every draw would dominate the run time.
     values_by_key: dict[tuple[tuple[int, ...], torch.dtype], st.SearchStrategy[Tensor]] = {}
@@ -178,7 +184,7 @@ def scenarios(
     def param_case(
         draw: st.DrawFn, dtype: torch.dtype, *, ever_has_grad: bool, anchor: bool = False
     ) -> ParamCase:
-        shape = draw(shapes)
+        shape = draw(anchor_shapes if anchor else shapes)
         init = draw(values(shape, dtype))
         if not ever_has_grad:
             return ParamCase(init=init, grads=(None,) * steps)
