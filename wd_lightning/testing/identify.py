@@ -164,17 +164,28 @@ def identify_weight_decay(
     if isinstance(found, str):
         return DecayIdentification(name, (), problems=(found,), setup="no setup that runs")
     options, dtype, matrices_only = found
+    findings = _run_examples(options, dtype, matrices_only, device, max_examples, steps, seed)
+    contracts = _contracts_held(findings)
+    notes = []
+    if not contracts and not findings.problems and dtype == torch.float64:
+        # Some optimizers compute in float32 whatever the parameters' dtype: in float64 no
+        # contract then holds to float64 precision, while in float32 the rule itself shows.
+        in_float32 = _run_examples(
+            options, torch.float32, matrices_only, device, max_examples, steps, seed
+        )
+        if _contracts_held(in_float32):
+            notes.append(
+                "no contract holds to float64 precision, but one does in float32: the "
+                "optimizer computes in lower precision than the parameters' dtype"
+            )
+            findings, dtype = in_float32, torch.float32
+            contracts = _contracts_held(findings)
     setup = (
         f"{str(dtype).removeprefix('torch.')}, "
         f"{'matrices only' if matrices_only else '0- to 2-d parameters'}"
         f"{', a closure' if options.closure else ''}"
         f"{''.join(f', groups with {k}={v!r}' for k, v in options.group_options.items())}"
     )
-    findings = _run_examples(options, dtype, matrices_only, device, max_examples, steps, seed)
-    holding = [c.name for c in CONTRACTS.values() if held(c, findings.mismatches)]
-    specific = [c for c in holding if c not in _CATCH_ALL]
-    contracts = tuple(specific or holding) if not findings.problems else ()
-    notes = []
     if findings.grad_written is not None:
         notes.append(f"writes into .grad: {findings.grad_written}")
     skipped = len(findings.unmoved) + len(findings.without_effect)
@@ -203,6 +214,14 @@ def identify_weight_decay(
         setup=setup,
         examples=findings.examples,
     )
+
+
+def _contracts_held(findings: _Findings) -> tuple[str, ...]:
+    if findings.problems:
+        return ()
+    holding = [c.name for c in CONTRACTS.values() if held(c, findings.mismatches)]
+    specific = [c for c in holding if c not in _CATCH_ALL]
+    return tuple(specific or holding)
 
 
 def _find_setup(
