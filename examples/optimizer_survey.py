@@ -51,9 +51,9 @@ class Entry:
 
     @property
     def label(self) -> str:
-        options = ", ".join(f"{k}={v!r}" for k, v in self.kwargs.items())
-        options += "".join(f"; groups with {k}={v!r}" for k, v in self.group_options.items())
-        return f"`{self.library}.{self.name}`" + (f" ({options})" if options else "")
+        options = [f"{k}={v!r}" for k, v in self.kwargs.items()]
+        options += [f"groups with {k}={v!r}" for k, v in self.group_options.items()]
+        return f"`{self.library}.{self.name}`" + (f" ({', '.join(options)})" if options else "")
 
 
 def _torch(name: str, documented: str, *variants: dict[str, Any], **extra: Any) -> list[Entry]:
@@ -248,7 +248,7 @@ def _notes(report: DecayIdentification) -> str:
     if "matrices only" in report.setup:
         notes.append("2-d only")
     if "float32" in report.setup:
-        notes.append("float32 only")
+        notes.append("holds in float32 only")
     if any(note.startswith("writes into .grad") for note in report.notes):
         notes.append("writes into `.grad`")
     notes += [note.split(" (")[0] for note in report.notes if note.startswith("made its first")]
