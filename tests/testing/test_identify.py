@@ -126,13 +126,13 @@ def test_same_seed_same_report() -> None:
 @pytest.mark.parametrize(
     ("arguments", "message"),
     [
-        ({"factory": "AdamW"}, "`factory` must be callable"),
-        ({"optimizer_kwargs": {"weight_decay": 1}}, "must not contain"),
-        ({"group_options": {"params": []}}, "must not contain"),
-        ({"max_examples": 0}, "`max_examples` must be an int >= 1"),
-        ({"warmup_steps": -1}, "`warmup_steps` must be an int >= 0"),
-        ({"seed": -1}, "`seed` must be an int >= 0"),
-        ({"ulps": 0}, "`ulps` must be a number > 0"),
+        ({"factory": "AdamW"}, "factory=.* is not allowed"),
+        ({"optimizer_kwargs": {"weight_decay": 1}}, "optimizer_kwargs=.* is not allowed"),
+        ({"group_options": {"params": []}}, "group_options=.* is not allowed"),
+        ({"max_examples": 0}, "max_examples=0 is not allowed"),
+        ({"warmup_steps": -1}, "warmup_steps=-1 is not allowed"),
+        ({"seed": -1}, "seed=-1 is not allowed"),
+        ({"ulps": 0}, "ulps=0 is not allowed"),
     ],
 )
 def test_rejects_bad_arguments(arguments: dict[str, Any], message: str) -> None:

@@ -44,7 +44,7 @@ def resolve_optimizer(spec: str) -> Callable[..., Any]:
     """The optimizer class named by ``PACKAGE.MODULE:CLASS``.
 
     Raises:
-        InvalidArgumentError: If the spec is malformed, the module cannot be imported, or it
+        InvalidArgumentError: if the spec is malformed, the module cannot be imported, or it
             has no such callable.
 
     Example:

@@ -24,6 +24,13 @@ from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import seed as hypothesis_seed
 from hypothesis import strategies as st
 
+from wd_lightning.core.errors import (
+    InvalidArgumentError,
+    check_finite_positive,
+    check_in_range,
+    check_int_at_least,
+    check_one_of,
+)
 from wd_lightning.testing.decay_contracts import (
     CONTRACTS,
     DecayContract,
@@ -110,38 +117,38 @@ def check_weight_decay(
     are always set here, and the slow "explain" phase is left out.
 
     Args:
-        factory: Called like an optimizer class:
+        factory: called like an optimizer class:
             ``factory(param_groups, lr=..., weight_decay=..., **optimizer_kwargs)``.
-        coupling: The contract the optimizer claims: a name from :data:`COUPLINGS`
+        coupling: the contract the optimizer claims: a name from :data:`COUPLINGS`
             (``"coupled"``, ``"decoupled"``, ...) or a
             :class:`~wd_lightning.testing.DecayContract` for any other rule.
-        optimizer_kwargs: Further constructor arguments, e.g. ``{"momentum": 0.9}``; must not
+        optimizer_kwargs: further constructor arguments, e.g. ``{"momentum": 0.9}``; must not
             contain ``params``, ``lr`` or ``weight_decay``.
-        max_examples: Number of examples Hypothesis tries, at least 1.
-        steps: Steps per example, at least 1; use 3 or more to catch decay that is skipped
+        max_examples: number of examples Hypothesis tries, at least 1.
+        steps: steps per example, at least 1; use 3 or more to catch decay that is skipped
             on some steps.
-        warmup_steps: Further steps allowed, at least 0, for an optimizer that makes no update
+        warmup_steps: further steps allowed, at least 0, for an optimizer that makes no update
             at first (RAdam's rectification, a window to fill) to start moving.
         dtype: ``torch.float32`` or ``torch.float64``, or a sequence of them from which each
             parameter group draws its own.
-        device: Where the parameters live.
-        shapes: Strategy for parameter shapes, e.g. ``tensor_shapes(min_dims=2)`` for an
+        device: where the parameters live.
+        shapes: strategy for parameter shapes, e.g. ``tensor_shapes(min_dims=2)`` for an
             optimizer that only takes matrices; default: 0-, 1- and 2-d, sides up to 2.
-        group_options: Entries added to every parameter group, for optimizers that need flags
+        group_options: entries added to every parameter group, for optimizers that need flags
             on their groups (e.g. ``{"use_muon": True}``).
-        closure: Whether to pass ``step()`` a closure (returning a loss whose gradient is the
+        closure: whether to pass ``step()`` a closure (returning a loss whose gradient is the
             drawn one), for optimizers that require it.
-        grad_writes: What to do when ``step()`` writes into or replaces ``.grad``: ``"warn"``
+        grad_writes: what to do when ``step()`` writes into or replaces ``.grad``: ``"warn"``
             with a :class:`GradientWriteWarning`, ``"fail"``, or ``"ignore"``.
-        max_decay_per_step: Upper bound on each group's ``λ`` (and so on ``lr·λ``), in ``(0, 1)``.
-        ulps: Tolerance in units of ``eps`` per unit of term magnitude; positive.
-        seed: Fixes Hypothesis's random seed when given.
-        hypothesis_settings: Settings to start from instead of the active profile, e.g.
+        max_decay_per_step: upper bound on each group's ``λ`` (and so on ``lr·λ``), in ``(0, 1)``.
+        ulps: tolerance in units of ``eps`` per unit of term magnitude; positive.
+        seed: fixes Hypothesis's random seed when given.
+        hypothesis_settings: settings to start from instead of the active profile, e.g.
             ``settings(phases=[Phase.generate])`` to skip shrinking a failure.
 
     Raises:
-        ValueError: If an argument is invalid (raised before any example is run).
-        AssertionError: If the contract is broken, the optimizer never moves, ignores
+        InvalidArgumentError: if an argument is invalid (raised before any example is run).
+        AssertionError: if the contract is broken, the optimizer never moves, ignores
             ``weight_decay``, moves a parameter without a gradient, or (with
             ``grad_writes="fail"``) writes into ``.grad``.
 
@@ -312,6 +319,23 @@ def _jumps_at_zero_decay(scenario: Scenario, options: RunOptions) -> bool:
     return False
 
 
+def check_factory(factory: object) -> None:
+    """Accept ``factory`` if it can be called like an optimizer class."""
+    if not callable(factory):
+        raise InvalidArgumentError("factory", factory, "a callable like an optimizer class")
+
+
+def check_free_of_reserved(argument: str, options: Mapping[str, Any] | None) -> dict[str, Any]:
+    """``options`` as a dict, if it sets none of the keys the check sets itself."""
+    given = dict(options or {})
+    clashing = sorted(_RESERVED_KWARGS.intersection(given))
+    if clashing:
+        raise InvalidArgumentError(
+            argument, clashing, "no params, lr or weight_decay: the check sets them"
+        )
+    return given
+
+
 def _validated(
     factory: object,
     *,
@@ -330,47 +354,28 @@ def _validated(
     hypothesis_settings: object,
 ) -> tuple[RunOptions, tuple[torch.dtype, ...]]:
     """Reject bad arguments up front, so a typo is not reported as a broken optimizer."""
-    if not callable(factory):
-        raise ValueError(f"`factory` must be callable like an optimizer class, got {factory!r}.")
-    kwargs = dict(optimizer_kwargs or {})
-    clashing = sorted(_RESERVED_KWARGS.intersection(kwargs))
-    if clashing:
-        raise ValueError(
-            f"`optimizer_kwargs` must not contain {clashing}: the check sets "
-            "params, lr and weight_decay itself."
-        )
-    extra = dict(group_options or {})
-    clashing = sorted(_RESERVED_KWARGS.intersection(extra))
-    if clashing:
-        raise ValueError(f"`group_options` must not contain {clashing}: the check sets them.")
-    for name, value, minimum in (
-        ("max_examples", max_examples, 1),
-        ("steps", steps, 1),
-        ("warmup_steps", warmup_steps, 0),
-    ):
-        if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
-            raise ValueError(f"`{name}` must be an int >= {minimum}, got {value!r}.")
+    check_factory(factory)
+    kwargs = check_free_of_reserved("optimizer_kwargs", optimizer_kwargs)
+    extra = check_free_of_reserved("group_options", group_options)
+    check_int_at_least("max_examples", max_examples, 1)
+    check_int_at_least("steps", steps, 1)
+    check_int_at_least("warmup_steps", warmup_steps, 0)
     dtypes = (dtype,) if isinstance(dtype, torch.dtype) else tuple(dtype)  # type: ignore[arg-type]
     if not dtypes or any(d not in (torch.float32, torch.float64) for d in dtypes):
-        raise ValueError(
-            f"`dtype` must be torch.float32 or torch.float64, or a sequence of them, got {dtype!r}."
+        raise InvalidArgumentError(
+            "dtype", dtype, "torch.float32 or torch.float64, or a sequence of them"
         )
     if shapes is not None and not isinstance(shapes, st.SearchStrategy):
-        raise ValueError(f"`shapes` must be a Hypothesis strategy of shapes, got {shapes!r}.")
-    if not isinstance(closure, bool):
-        raise ValueError(f"`closure` must be True or False, got {closure!r}.")
-    if grad_writes not in _GRAD_WRITES:
-        raise ValueError(f"`grad_writes` must be one of {_GRAD_WRITES}, got {grad_writes!r}.")
-    if not 0 < max_decay_per_step < 1:
-        raise ValueError(f"`max_decay_per_step` must lie in (0, 1), got {max_decay_per_step!r}.")
-    if not ulps > 0:
-        raise ValueError(f"`ulps` must be a number > 0, got {ulps!r}.")
-    if seed is not None and not isinstance(seed, int):
-        raise ValueError(f"`seed` must be an int or None, got {seed!r}.")
+        raise InvalidArgumentError("shapes", shapes, "a Hypothesis strategy of shapes, or None")
+    check_one_of("closure", closure, (False, True))
+    check_one_of("grad_writes", grad_writes, _GRAD_WRITES)
+    check_in_range("max_decay_per_step", max_decay_per_step, 0.0, 1.0, closed="neither")
+    check_finite_positive("ulps", ulps)
+    if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int)):
+        raise InvalidArgumentError("seed", seed, "an integer or None")
     if hypothesis_settings is not None and not isinstance(hypothesis_settings, settings):
-        raise ValueError(
-            "`hypothesis_settings` must be a hypothesis.settings object or None, "
-            f"got {hypothesis_settings!r}."
+        raise InvalidArgumentError(
+            "hypothesis_settings", hypothesis_settings, "a hypothesis.settings object or None"
         )
     options = RunOptions(
         factory=factory,  # type: ignore[arg-type]

@@ -35,6 +35,8 @@ from types import MappingProxyType
 import torch
 from torch import Tensor
 
+from wd_lightning.core.errors import InvalidArgumentError
+
 __all__ = ["CONTRACTS", "DecayContract", "DecayStep", "contract_named", "held", "variants"]
 
 
@@ -43,14 +45,14 @@ class DecayStep:
     """What a contract may use to describe one step of one parameter.
 
     Attributes:
-        weights: The weights before the step (the twin's, which follow the contract).
-        grad: The gradient handed to the optimizer with ``weight_decay=λ``.
-        lr: The group's learning rate at this step.
-        weight_decay: The group's ``λ``.
-        initial_lr: The group's learning rate at the first step (``η₀``).
-        max_lr: The largest learning rate the group has had so far, this step included.
-        step: The step number, starting at 1.
-        maximize: Whether the optimizer ascends the gradient.
+        weights: the weights before the step (the twin's, which follow the contract).
+        grad: the gradient handed to the optimizer with ``weight_decay=λ``.
+        lr: the group's learning rate at this step.
+        weight_decay: the group's ``λ``.
+        initial_lr: the group's learning rate at the first step (``η₀``).
+        max_lr: the largest learning rate the group has had so far, this step included.
+        step: the step number, starting at 1.
+        maximize: whether the optimizer ascends the gradient.
     """
 
     weights: Tensor
@@ -76,12 +78,12 @@ class DecayContract:
     """A weight-decay rule, stated as what a ``weight_decay=0`` twin must be given and done.
 
     Args:
-        name: Short name used in reports, e.g. ``"decoupled"``.
-        statement: One sentence saying what the rule is, used in failure messages.
+        name: short name used in reports, e.g. ``"decoupled"``.
+        statement: one sentence saying what the rule is, used in failure messages.
         twin_input: ``(weights, grad)`` the twin starts its step from; default unchanged.
-        expected: The expected weights after the step, given the twin's result; default the
+        expected: the expected weights after the step, given the twin's result; default the
             twin's result itself.
-        alternatives: Other statements of the same rule; the contract holds if any one of
+        alternatives: other statements of the same rule; the contract holds if any one of
             them (or the main one) holds on every step.
 
     Example:
@@ -104,9 +106,10 @@ class DecayContract:
 
     def __post_init__(self) -> None:
         if not isinstance(self.name, str) or not self.name:
-            raise ValueError(f"`name` must be a non-empty string, got {self.name!r}.")
-        if not callable(self.twin_input) or not callable(self.expected):
-            raise ValueError("`twin_input` and `expected` must be callable.")
+            raise InvalidArgumentError("name", self.name, "a non-empty string")
+        for argument in ("twin_input", "expected"):
+            if not callable(getattr(self, argument)):
+                raise InvalidArgumentError(argument, getattr(self, argument), "a function")
 
     def expected_given(self, step: DecayStep, twin_result: Tensor, actual: Tensor) -> Tensor:
         """The expected weights; a fitted contract may use ``actual`` to fit its free scale."""
@@ -229,7 +232,7 @@ def contract_named(contract: str | DecayContract) -> DecayContract:
     """The contract called ``contract``, or ``contract`` itself if it is one already.
 
     Raises:
-        ValueError: If the name is not one of :data:`CONTRACTS`.
+        InvalidArgumentError: if the name is not one of :data:`CONTRACTS`.
 
     Example:
         >>> contract_named("proximal").statement
@@ -239,8 +242,8 @@ def contract_named(contract: str | DecayContract) -> DecayContract:
         return contract
     if isinstance(contract, str) and contract in CONTRACTS:
         return CONTRACTS[contract]
-    raise ValueError(
-        f"`coupling` must be one of {tuple(CONTRACTS)} or a DecayContract, got {contract!r}."
+    raise InvalidArgumentError(
+        "coupling", contract, "one of " + ", ".join(map(repr, CONTRACTS)) + ", or a DecayContract"
     )
 
 

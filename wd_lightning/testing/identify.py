@@ -18,7 +18,14 @@ import torch
 from hypothesis import Phase, given, settings
 from hypothesis import seed as hypothesis_seed
 
-from wd_lightning.testing.contract import _RESERVED_KWARGS, _jumps_at_zero_decay, example_settings
+from wd_lightning.core.errors import check_finite_positive, check_int_at_least
+from wd_lightning.testing.contract import (
+    _RESERVED_KWARGS,
+    _jumps_at_zero_decay,
+    check_factory,
+    check_free_of_reserved,
+    example_settings,
+)
 from wd_lightning.testing.decay_contracts import CONTRACTS, DecayContract, held, variants
 from wd_lightning.testing.strategies import tensor_shapes
 from wd_lightning.testing.twin_runs import (
@@ -42,17 +49,17 @@ class DecayIdentification:
     """What :func:`identify_weight_decay` found.
 
     Attributes:
-        optimizer: The optimizer's name.
-        contracts: The named contracts that held on every example (most specific first);
+        optimizer: the optimizer's name.
+        contracts: the named contracts that held on every example (most specific first);
             empty when none did.
-        evidence: For each contract that failed, where and how, on the first example.
-        problems: Findings that stop any contract from being credited: an error while
+        evidence: for each contract that failed, where and how, on the first example.
+        problems: findings that stop any contract from being credited: an error while
             stepping, weights that never moved, ``weight_decay`` without effect, a parameter
             without a gradient that moved.
-        notes: Findings beside the verdict: writes into ``.grad``, steps of warm-up, a jump in
+        notes: findings beside the verdict: writes into ``.grad``, steps of warm-up, a jump in
             behaviour at ``weight_decay=0``.
-        setup: How the optimizer was run (dtype, shapes, closure).
-        examples: How many examples were run.
+        setup: how the optimizer was run (dtype, shapes, closure).
+        examples: how many examples were run.
     """
 
     optimizer: str
@@ -111,24 +118,24 @@ def identify_weight_decay(
     """Run every named contract on the same examples and report which held.
 
     Args:
-        factory: Called like an optimizer class:
+        factory: called like an optimizer class:
             ``factory(param_groups, lr=..., weight_decay=..., **optimizer_kwargs)``.
-        optimizer_kwargs: Further constructor arguments; not ``params``, ``lr``,
+        optimizer_kwargs: further constructor arguments; not ``params``, ``lr``,
             ``weight_decay``.
-        group_options: Entries added to every parameter group.
-        max_examples: Examples to run, at least 1.
-        steps: Steps per example, at least 1.
-        warmup_steps: Further steps allowed for the optimizer to start moving.
-        device: Where the parameters live.
-        ulps: Tolerance in units of ``eps`` per unit of term magnitude.
-        seed: Hypothesis's seed: the same seed gives the same examples and report.
+        group_options: entries added to every parameter group.
+        max_examples: examples to run, at least 1.
+        steps: steps per example, at least 1.
+        warmup_steps: further steps allowed for the optimizer to start moving.
+        device: where the parameters live.
+        ulps: tolerance in units of ``eps`` per unit of term magnitude.
+        seed: hypothesis's seed: the same seed gives the same examples and report.
 
     Returns:
         The contracts that held, the evidence against the others, and findings such as
         writes into ``.grad``.
 
     Raises:
-        ValueError: If an argument is invalid.
+        InvalidArgumentError: if an argument is invalid.
 
     Example:
         >>> import torch
@@ -137,24 +144,14 @@ def identify_weight_decay(
         >>> identify_weight_decay(torch.optim.Adam, max_examples=5).verdict
         'coupled'
     """
-    kwargs = dict(optimizer_kwargs or {})
-    extra = dict(group_options or {})
-    if not callable(factory):
-        raise ValueError(f"`factory` must be callable like an optimizer class, got {factory!r}.")
-    for name, given_options in (("optimizer_kwargs", kwargs), ("group_options", extra)):
-        clashing = sorted(_RESERVED_KWARGS.intersection(given_options))
-        if clashing:
-            raise ValueError(f"`{name}` must not contain {clashing}: the check sets them.")
-    for name, value, minimum in (
-        ("max_examples", max_examples, 1),
-        ("steps", steps, 1),
-        ("warmup_steps", warmup_steps, 0),
-        ("seed", seed, 0),
-    ):
-        if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
-            raise ValueError(f"`{name}` must be an int >= {minimum}, got {value!r}.")
-    if not ulps > 0:
-        raise ValueError(f"`ulps` must be a number > 0, got {ulps!r}.")
+    check_factory(factory)
+    kwargs = check_free_of_reserved("optimizer_kwargs", optimizer_kwargs)
+    extra = check_free_of_reserved("group_options", group_options)
+    check_int_at_least("max_examples", max_examples, 1)
+    check_int_at_least("steps", steps, 1)
+    check_int_at_least("warmup_steps", warmup_steps, 0)
+    check_int_at_least("seed", seed, 0)
+    check_finite_positive("ulps", ulps)
     name = getattr(factory, "__qualname__", None) or getattr(
         getattr(factory, "func", None), "__qualname__", repr(factory)
     )

@@ -337,11 +337,11 @@ def run_scenario(
     """Run the example for the real, bare and twin runs and report what held.
 
     Args:
-        scenario: The example.
-        options: How to build and step the optimizer.
-        contracts: The contracts to compare against, one twin each.
-        stop_at_first_mismatch: Stop once every contract has failed.
-        decay_scale: Multiplies every λ of the real run (for probing tiny decay).
+        scenario: the example.
+        options: how to build and step the optimizer.
+        contracts: the contracts to compare against, one twin each.
+        stop_at_first_mismatch: stop once every contract has failed.
+        decay_scale: multiplies every λ of the real run (for probing tiny decay).
     """
     device = scenario.groups[0].params[0].init.device
     devices = [device] if device.type == "cuda" else []
