@@ -11,6 +11,7 @@ import torch
 from hypothesis import Phase, given, settings
 from hypothesis import strategies as st
 
+from wd_lightning.core.errors import InvalidArgumentError
 from wd_lightning.testing import (
     CONTRACTS,
     DecayContract,
@@ -249,3 +250,16 @@ def test_closure_for_optimizers_that_require_one() -> None:
         )
     check_weight_decay(rules.ClosureOnlySGD, "coupled", closure=True, max_examples=10)
     check_weight_decay(torch.optim.Adam, "coupled", closure=True, max_examples=10)
+
+
+@pytest.mark.parametrize(
+    ("arguments", "message"),
+    [
+        ({"name": ""}, "name='' is not allowed"),
+        ({"twin_input": "shrink"}, "twin_input='shrink' is not allowed"),
+        ({"expected": None}, "expected=None is not allowed"),
+    ],
+)
+def test_a_contract_of_ones_own_is_validated(arguments: dict[str, Any], message: str) -> None:
+    with pytest.raises(InvalidArgumentError, match=message):
+        DecayContract(**{"name": "mine", "statement": "w ← w", **arguments})
