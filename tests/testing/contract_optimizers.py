@@ -279,3 +279,12 @@ class ClosureOnlySGD(HandWrittenSGD):
         loss = _evaluate(closure)
         super().step()
         return loss
+
+
+class GradMutatingSignFlippedSGD(HandWrittenSGD):
+    """Slip under an in-place write: subtracts ``λ·w`` from ``.grad`` itself."""
+
+    def _direction(self, param: Tensor, group: dict[str, Any], state: dict[str, Any]) -> Tensor:
+        return self._with_momentum(
+            param.grad.sub_(param, alpha=group["weight_decay"]), group, state
+        )

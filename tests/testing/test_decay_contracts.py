@@ -107,6 +107,16 @@ def test_grad_writes_are_reported_apart_from_the_decay_verdict() -> None:
         check_weight_decay(broken.GradMutatingSGD, "coupled", max_examples=10)
 
 
+def test_a_grad_write_does_not_hide_a_wrong_decay() -> None:
+    with pytest.raises(AssertionError, match="broken at step"):
+        check_weight_decay(
+            rules.GradMutatingSignFlippedSGD,
+            "coupled",
+            grad_writes="ignore",
+            hypothesis_settings=_without_shrinking(),
+        )
+
+
 def test_grad_writes_can_be_ignored() -> None:
     with warnings.catch_warnings():
         warnings.simplefilter("error")
