@@ -211,11 +211,11 @@ def test_trust_ratio_applied_only_with_decay_is_named_in_the_failure() -> None:
     )
 )
 def test_first_parameter_always_gives_the_decay_something_to_show(scenario: Scenario) -> None:
-    # Two elements or more, all non-zero, with a non-zero gradient at every step: a step
+    # Two elements or more, none small, with a non-zero gradient at every step: a step
     # rescaled to the weights' norm cannot hide the decay, and there is always something to move.
     anchor = scenario.groups[0].params[0]
     assert anchor.init.numel() >= 2
-    assert bool((anchor.init != 0).all())
+    assert bool((anchor.init.abs() >= 0.5).all())
     assert all(grad is not None and bool((grad != 0).all()) for grad in anchor.grads)
     assert scenario.groups[0].weight_decay > 0
 

@@ -189,11 +189,11 @@ def scenarios(
         if not ever_has_grad:
             return ParamCase(init=init, grads=(None,) * steps)
         if anchor:
-            # The first parameter always has non-zero weights and gradients, so that every
-            # example gives the optimizer something to move and the decay something to shrink:
-            # all-zero examples (where Hypothesis shrinks to) would prove nothing.
+            # The first parameter always has weights of at least 1/2 and non-zero gradients, so
+            # that every example gives the optimizer something to move and the decay something
+            # to shrink: all-zero examples (where Hypothesis shrinks to) would prove nothing.
             grads = tuple(_nonzero(draw(values(shape, dtype))) for _ in range(steps))
-            return ParamCase(init=_nonzero(init), grads=grads)
+            return ParamCase(init=_substantial(init), grads=grads)
         # Mostly present, sometimes missing: a parameter may skip a step after having state.
         present = draw(presence)
         grads = tuple(draw(values(shape, dtype)) if has else None for has in present)
@@ -243,6 +243,12 @@ def scenarios(
 
 def _nonzero(tensor: Tensor) -> Tensor:
     return torch.where(tensor == 0, torch.ones_like(tensor), tensor)
+
+
+def _substantial(tensor: Tensor) -> Tensor:
+    # Weights of at least 1/2 in size: λ·w of 1e-32 beside a gradient of 1 is lost in
+    # rounding, so a decay that is there could not show.
+    return torch.where(tensor.abs() < 0.5, torch.where(tensor < 0, -1.0, 1.0).to(tensor), tensor)
 
 
 def _mostly_true(flags: list[bool]) -> tuple[bool, ...]:
