@@ -87,6 +87,23 @@ def test_finds_a_setup_that_runs() -> None:
     assert flagged.contracts == ("coupled", "decoupled")
 
 
+class _NoShortVectorsSGD(broken.HandWrittenSGD):
+    """Raises on vectors of length 1, a shape the setup probe does not try."""
+
+    @torch.no_grad()
+    def step(self, closure: Callable[[], float] | None = None) -> float | None:
+        for group in self.param_groups:
+            if any(p.shape == (1,) for p in group["params"]):
+                raise RuntimeError("vectors of length 1 are not supported")
+        return super().step(closure)
+
+
+def test_falls_back_to_matrices_when_a_drawn_shape_fails() -> None:
+    report = identify_weight_decay(_NoShortVectorsSGD, max_examples=EXAMPLES)
+    assert "matrices only" in report.setup
+    assert report.contracts == ("coupled", "decoupled"), str(report)
+
+
 class _KeyedGroupsSGD(broken.HandWrittenSGD):
     """Reads a flag every group must carry, raising KeyError without it."""
 

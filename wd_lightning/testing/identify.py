@@ -40,6 +40,7 @@ from wd_lightning.testing.twin_runs import (
 
 __all__ = ["DecayIdentification", "identify_weight_decay"]
 
+_RAISED = "step() raised"
 # Contracts that a more specific one implies: reported only when nothing more specific held.
 _CATCH_ALL = ("adaptive",)
 
@@ -162,6 +163,11 @@ def identify_weight_decay(
         return DecayIdentification(name, (), problems=(found,), setup="no setup that runs")
     options, dtype, matrices_only = found
     findings = _run_examples(options, dtype, matrices_only, device, max_examples, steps, seed)
+    if not matrices_only and any(p.startswith(_RAISED) for p in findings.problems):
+        # The probe's shapes ran, but some drawn shape did not: matrices may be all it takes.
+        on_matrices = _run_examples(options, dtype, True, device, max_examples, steps, seed)
+        if not any(p.startswith(_RAISED) for p in on_matrices.problems):
+            findings, matrices_only = on_matrices, True
     contracts = _contracts_held(findings)
     notes = []
     if not contracts and not findings.problems and dtype == torch.float64:
@@ -333,7 +339,7 @@ def _run_examples(
             outcome = run_scenario(scenario, options, contracts, stop_at_first_mismatch=False)
         except Exception as error:
             findings.problems.append(
-                f"step() raised {type(error).__name__}: {str(error).splitlines()[0]} "
+                f"{_RAISED} {type(error).__name__}: {str(error).splitlines()[0]} "
                 f"({scenario.summary()})"
             )
             return
