@@ -4,7 +4,8 @@ Lightning's ``DDPStrategy`` starts the processes (itself, or under torchrun
 or SLURM) and wraps the model in ``DistributedDataParallel``, which averages
 gradients across processes. A sweep's processes hold *different* members, so
 :class:`MemberParallelStrategy` keeps the launcher and the process group but
-leaves the model unwrapped and gives every process the whole dataset: each
+leaves the model unwrapped, keeps torchmetrics from combining the processes'
+states, and gives every process the whole dataset: each
 process trains its own share of the members exactly as one process would
 train them all, and nothing is averaged.
 """
@@ -15,6 +16,7 @@ from typing import Any
 
 import torch
 from lightning.pytorch.strategies import DDPStrategy
+from torchmetrics import Metric
 
 __all__ = ["MemberParallelStrategy", "gather_to_rank_zero", "member_share"]
 
@@ -35,7 +37,14 @@ class MemberParallelStrategy(DDPStrategy):
     def configure_ddp(self) -> None:
         # No DistributedDataParallel wrapper: it would average the gradients of
         # different members (and needs the same parameter shapes on every process).
-        pass
+        # Likewise torchmetrics would combine its states across the processes,
+        # i.e. across different members: each process computes its own.
+        for module in self.lightning_module.modules():
+            if isinstance(module, Metric):
+                module.sync_on_compute = False
+                module.dist_sync_on_step = False
+                # torchmetrics copies sync_on_compute into _to_sync when the metric is built.
+                module._to_sync = False
 
     @property
     def distributed_sampler_kwargs(self) -> dict[str, Any]:
