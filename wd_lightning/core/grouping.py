@@ -3,34 +3,44 @@
 Every trainable parameter is put in exactly one group by the first rule that
 applies to it, in this order:
 
-1. a user ``no_decay`` pattern (glob on the parameter's name)  → no decay
-2. a user ``decay`` pattern                                    → decay
-3. named by some submodule's ``no_weight_decay()``             → no decay (``use_no_weight_decay``)
-4. owned by a normalisation layer                              → no decay (``decay_norm``)
-5. a bias                                                      → no decay (``decay_bias``)
-6. fewer than 2 dimensions (gains, scales, scalars)            → no decay (``decay_low_dim``)
-7. owned by an embedding layer                                 → decay (``decay_embeddings``)
-8. anything else: matrices, conv kernels                       → decay
+1. a user ``no_decay`` pattern (glob on the parameter's name)        → no decay
+2. a user ``decay`` pattern                                          → decay
+3. declared on the tensor: ``_no_weight_decay = True``, or an
+   ``_optim`` dict with a ``weight_decay`` (its own group)           → as declared
+4. declared by a module's ``no_weight_decay()`` (globs) or
+   ``no_weight_decay_keywords()`` (substrings)                       → no decay
+5. owned by a torch normalisation layer                              → no decay (``decay_norm``)
+6. a bias, by name: ``bias``, ``in_proj_bias``, ``bias_k``,
+   ``relative_position_bias_table``... whatever its shape           → no decay (``decay_bias``)
+7. the weight of a Linear, convolution or Embedding (subclasses
+   too), whatever its shape or class name                            → decay (``decay_embeddings``)
+8. a gain (fewer than 2 non-singleton dims) of a class named ``*Norm*`` → no decay (``decay_norm``)
+9. a weight-norm magnitude, or any gain: fewer than 2 dimensions
+   larger than 1 (``(D,)``, ``(D, 1, 1)``, ``(1, 1, D)``, scalars)   → no decay (``decay_low_dim``)
+10. a matrix owned by a class named ``*Embedding*``                  → decay (``decay_embeddings``)
+11. anything else: matrices, conv kernels                            → decay
 
-The switch of rules 4–7 (:class:`DecayRules`) decides for its kind: with
-``decay_bias=True`` every bias decays, even though it is also 1-D. The reasoning: decay
-limits what a layer can express through the *size* of its weights; biases,
-norm gains and other per-channel scalars only shift or rescale, and shrinking
-them towards zero fights the normalisation instead of regularising.
+The switch of each kind rule (:class:`DecayRules`) decides for its kind: with
+``decay_bias=True`` every bias outside a normalisation layer decays, even a
+1-D one. The reasoning: decay limits what a layer can express through the
+*size* of its weights; biases, norm gains and other per-channel scalars only
+shift or rescale, and shrinking them towards zero fights the normalisation
+instead of regularising.
 """
 
 from __future__ import annotations
 
 import fnmatch
+import functools
 import math
 import re
-from collections.abc import Iterator
 from dataclasses import dataclass, field, replace
 from typing import Any
 
 from torch import nn
 
 from wd_lightning.core.errors import InvalidArgumentError, check_finite_non_negative
+from wd_lightning.core.param_walk import MAGNITUDE, Registration, Scope, walk
 
 __all__ = [
     "DECAY",
@@ -46,17 +56,6 @@ __all__ = [
 DECAY = "decay"
 NO_DECAY = "no_decay"
 
-# Wrappers that add a path component without adding meaning: the wrapped module
-# sits under this attribute, and canonical names skip it.
-_WRAPPER_ATTRIBUTES = {
-    "OptimizedModule": "_orig_mod",  # torch.compile
-    "DistributedDataParallel": "module",
-    "DataParallel": "module",
-    "ActivationWrapper": "_checkpoint_wrapped_module",  # checkpoint_wrapper, offload_wrapper
-}
-# FSDP1 flattens parameters into 1-D buffers, so neither names nor shapes survive.
-_FLATTENING_WRAPPERS = {"FullyShardedDataParallel"}
-
 _TORCH_NORMS: tuple[type[nn.Module], ...] = (
     nn.modules.batchnorm._NormBase,  # BatchNorm*, SyncBatchNorm, InstanceNorm*
     nn.LayerNorm,
@@ -64,10 +63,27 @@ _TORCH_NORMS: tuple[type[nn.Module], ...] = (
     nn.LocalResponseNorm,
     *((nn.RMSNorm,) if hasattr(nn, "RMSNorm") else ()),
 )
+# Layers whose own weight is a weight whatever its shape or class name: a
+# NormedLinear's matrix, a Linear(in, 1) row, a depthwise kernel.
+_WEIGHTED_LAYERS: tuple[type[nn.Module], ...] = (
+    nn.Linear,
+    nn.Bilinear,
+    nn.modules.conv._ConvNd,  # Conv*d, ConvTranspose*d, lazy variants
+)
+_EMBEDDING_LAYERS: tuple[type[nn.Module], ...] = (nn.Embedding, nn.EmbeddingBag)
 # Custom norms are recognised by class name: RMSNorm, LayerNorm2d, GroupNormAct,
-# T5LayerNorm, BatchNormalization... but not Normal or Normalize.
+# T5LayerNorm, BatchNormalization... but not Normal or Normalize. A class name
+# only vouches for gains: a fused "LayerNormLinear" still has a real matrix.
 _NORM_CLASS_NAME = re.compile(r"Norm(?!al)|Normalization")
 _EMBEDDING_CLASS_NAME = re.compile(r"Embedding")
+# Biases by name, whatever their shape: bias, in_proj_bias, gate_up_proj_bias,
+# bias_k, pos_bias_u, r_w_bias, relative_position_bias_table, attention_biases.
+_BIAS_NAME = re.compile(r"(?:^|_)bias(?:es)?(?:_|$)")
+# Characters that make a no_weight_decay() entry a glob rather than a name.
+_GLOB_CHARACTERS = re.compile(r"[*?\[]")
+# Per-tensor optimizer settings (S4/Hyena style): parameter._optim = {...}.
+_TENSOR_OPTIM = "_optim"
+_TENSOR_NO_DECAY = "_no_weight_decay"  # mamba style: parameter._no_weight_decay = True
 
 
 @dataclass(frozen=True)
@@ -115,7 +131,9 @@ class DecayRules:
         decay_low_dim: decay parameters with fewer than 2 dimensions too.
         decay_embeddings: decay embedding tables (default ``True``, as nanoGPT
             and timm do; ``False`` as some language-model recipes prefer).
-        use_no_weight_decay: honour ``no_weight_decay()`` methods of submodules.
+        use_no_weight_decay: honour the model's own declarations: submodules'
+            ``no_weight_decay()`` and ``no_weight_decay_keywords()``, and
+            tensors' ``_no_weight_decay`` and ``_optim`` attributes.
         no_decay: extra glob patterns of parameters that must not decay.
         decay: glob patterns of parameters that must decay whatever the rules say.
         overrides: per-pattern λ / lr, each adding a pair of groups.
@@ -159,11 +177,41 @@ class ParamDecision:
 
 
 @dataclass(frozen=True)
-class _Registration:
-    name: str  # canonical: relative to the model, wrapper prefixes removed
-    local_name: str  # as registered on its owning module
-    owner: nn.Module
-    parameter: nn.Parameter
+class _TensorSettings:
+    """An ``_optim`` dict declared on tensors: one pair of groups per distinct dict."""
+
+    settings: tuple[tuple[str, Any], ...]
+
+    @property
+    def group_name(self) -> str:
+        return "_optim(" + ", ".join(f"{key}={value!r}" for key, value in self.settings) + ")"
+
+    @property
+    def weight_decay(self) -> float | None:
+        value = dict(self.settings).get("weight_decay")
+        return None if value is None else float(value)
+
+    def extra(self) -> dict[str, Any]:
+        """Everything but weight_decay, copied into both groups (lr, betas...)."""
+        return {key: value for key, value in self.settings if key != "weight_decay"}
+
+
+def _tensor_settings(parameter: nn.Parameter) -> _TensorSettings | None:
+    settings = getattr(parameter, _TENSOR_OPTIM, None)
+    if settings is None:
+        return None
+    if not isinstance(settings, dict) or not all(isinstance(k, str) for k in settings):
+        raise InvalidArgumentError(
+            "parameter._optim", settings, "a dict of optimizer settings such as {'lr': 1e-3}"
+        )
+    forbidden = {"params", "name", "param_names"} & set(settings)
+    if forbidden:
+        raise InvalidArgumentError(
+            "parameter._optim", sorted(forbidden)[0], "optimizer settings, not group structure"
+        )
+    if "weight_decay" in settings:
+        check_finite_non_negative("parameter._optim['weight_decay']", settings["weight_decay"])
+    return _TensorSettings(tuple(sorted(settings.items())))
 
 
 @dataclass
@@ -234,21 +282,25 @@ def explain_param_groups(
     """Group ``model``'s trainable parameters and record why each went where it did.
 
     Args:
-        model: any module; compiled, DDP-wrapped or activation-checkpointed
-            models give the same names as the bare model.
+        model: any module; compiled, DDP-wrapped, activation-checkpointed,
+            EMA/SWA-averaged or PEFT-wrapped models give the same names as the
+            bare model.
         weight_decay: λ of the ``decay`` group, a finite number >= 0.
         rules: the rule switches; ``switches`` replace single fields of it,
             e.g. ``decay_embeddings=False``.
 
     Returns:
         A :class:`ParamGroupsReport`; its ``groups`` are ``decay``, ``no_decay``,
-        then ``<name>/decay`` and ``<name>/no_decay`` per override, always all of
-        them and in that order, each a dict with ``name``, ``params``,
-        ``param_names``, ``weight_decay`` and, for overrides with one, ``lr``.
+        then ``<name>/decay`` and ``<name>/no_decay`` per override, then the same
+        pair per distinct ``_optim`` dict declared on the model's tensors, always
+        all of them and in that order, each a dict with ``name``, ``params``,
+        ``param_names``, ``weight_decay`` and, for overrides with one, ``lr``
+        (``_optim`` groups also carry their other settings).
 
     Raises:
         InvalidArgumentError: a bad λ or rule, a pattern that matches no
-            parameter, or a model whose parameters FSDP1 has flattened.
+            parameter, a malformed ``_optim`` declaration, or a model whose
+            parameters FSDP1 has flattened.
 
     Example:
         >>> from torch import nn
@@ -264,37 +316,46 @@ def explain_param_groups(
     weight_decay = check_finite_non_negative("weight_decay", weight_decay)
     rules = replace(rules or DecayRules(), **switches) if switches else (rules or DecayRules())
 
-    registrations = list(_registrations(model))
-    by_parameter: dict[int, list[_Registration]] = {}
+    registrations, scopes = walk(model)
+    by_parameter: dict[int, list[Registration]] = {}
     frozen: dict[str, None] = {}  # an ordered set
     for registration in registrations:
         if not registration.parameter.requires_grad:
             frozen[registration.name] = None
             continue
         by_parameter.setdefault(id(registration.parameter), []).append(registration)
-    declared = (
-        _declared_no_decay(model, [r.name for r in registrations])
-        if rules.use_no_weight_decay
-        else {}
-    )
+    declared = _declared_no_decay(registrations, scopes) if rules.use_no_weight_decay else {}
+    settings = {
+        key: found
+        for key, aliases in by_parameter.items()
+        if rules.use_no_weight_decay and (found := _tensor_settings(aliases[0].parameter))
+    }
 
-    groups = _empty_groups(weight_decay, rules)
+    groups = _empty_groups(weight_decay, rules, list(dict.fromkeys(settings.values())))
     index = {group["name"]: group for group in groups}
     unmatched = {("no_decay", p) for p in rules.no_decay} | {("decay", p) for p in rules.decay}
     unmatched |= {("overrides", o.pattern) for o in rules.overrides}
     decisions = []
-    for aliases in by_parameter.values():
+    for key, aliases in by_parameter.items():
         names = [a.name for a in aliases]
         decays, rule = _decide_tied(aliases, declared, rules)
         override = next(
             (o for o in rules.overrides if any(fnmatch.fnmatchcase(n, o.pattern) for n in names)),
             None,
         )
-        unmatched -= {
-            (kind, p) for kind, p in unmatched if any(fnmatch.fnmatchcase(n, p) for n in names)
-        }
+        if unmatched:
+            unmatched -= {
+                (kind, p) for kind, p in unmatched if any(fnmatch.fnmatchcase(n, p) for n in names)
+            }
+        prefix = None
+        if override is not None:
+            prefix = override.group_name
+            if key in settings:
+                rule += f"; override {prefix!r} replaces its {settings[key].group_name}"
+        elif key in settings:
+            prefix = settings[key].group_name
         base = DECAY if decays else NO_DECAY
-        group_name = base if override is None else f"{override.group_name}/{base}"
+        group_name = base if prefix is None else f"{prefix}/{base}"
         parameter = aliases[0].parameter
         index[group_name]["params"].append(parameter)
         index[group_name]["param_names"].append(names[0])
@@ -339,30 +400,95 @@ def param_groups(
 
 # ---------------------------------------------------------------------- rules
 def _decide(
-    registration: _Registration, declared: dict[str, str], rules: DecayRules
+    registration: Registration, declared: dict[str, str], rules: DecayRules
 ) -> tuple[bool, str]:
     """(decays, rule) for one registration of a parameter; the first rule that applies wins."""
-    name, owner, parameter = registration.name, registration.owner, registration.parameter
+    name, parameter, layer = registration.name, registration.parameter, registration.layer
     for pattern in rules.no_decay:
         if fnmatch.fnmatchcase(name, pattern):
             return False, f"no_decay pattern {pattern!r}"
     for pattern in rules.decay:
         if fnmatch.fnmatchcase(name, pattern):
             return True, f"decay pattern {pattern!r}"
-    if name in declared:
-        return False, f"declared by {declared[name]}.no_weight_decay()"
+    if rules.use_no_weight_decay:
+        on_tensor = _declared_on_tensor(parameter)
+        if on_tensor is not None:
+            return on_tensor
+        if name in declared:
+            return False, declared[name]
     # Each kind below is decided by its own switch: turning one on makes that kind decay.
-    if _is_norm(owner):
-        return _switched(rules.decay_norm, f"norm layer ({type(owner).__name__})", "decay_norm")
-    if registration.local_name == "bias":
-        return _switched(rules.decay_bias, "bias", "decay_bias")
-    if parameter.ndim < 2:
-        rule = f"{parameter.ndim}-D (fewer than 2 dims)"
-        return _switched(rules.decay_low_dim, rule, "decay_low_dim")
-    if _is_embedding(owner):
-        rule = f"embedding ({type(owner).__name__})"
+    role = _role_prefix(registration)
+    if isinstance(layer, _TORCH_NORMS):
+        rule = f"{role}norm layer ({type(layer).__name__})"
+        return _switched(rules.decay_norm, rule, "decay_norm")
+    own_tensor = registration.tensor in ("weight", "bias") and registration.role != MAGNITUDE
+    if own_tensor and isinstance(layer, (*_WEIGHTED_LAYERS, *_EMBEDDING_LAYERS)):
+        return _layer_tensor(registration, rules)
+    gain = _non_singleton_dims(parameter) < 2
+    if gain and _is_named_norm(type(layer)):
+        rule = f"{role}norm layer ({type(layer).__name__})"
+        return _switched(rules.decay_norm, rule, "decay_norm")
+    if _BIAS_NAME.search(registration.tensor):
+        rule = "bias" if registration.tensor == "bias" else f"bias by name ({registration.tensor})"
+        return _switched(rules.decay_bias, f"{role}{rule}", "decay_bias")
+    if registration.role == MAGNITUDE or gain:
+        return _switched(rules.decay_low_dim, f"{role}{_gain_rule(parameter)}", "decay_low_dim")
+    if _EMBEDDING_CLASS_NAME.search(type(layer).__name__):
+        rule = f"{role}embedding ({type(layer).__name__})"
         return _switched(rules.decay_embeddings, rule, "decay_embeddings", default=True)
-    return True, f"{parameter.ndim}-D weight"
+    return True, f"{role}{parameter.ndim}-D weight"
+
+
+def _layer_tensor(registration: Registration, rules: DecayRules) -> tuple[bool, str]:
+    """The own ``weight`` or ``bias`` of a Linear, convolution or embedding layer.
+
+    Its layer type decides, not its shape (a ``Linear(in, 1)`` row) nor its
+    class name (a ``NormedLinear``, a ``NormedEmbedding``). An embedding
+    table that its parent calls a bias (T5's ``relative_attention_bias``)
+    holds biases, and follows the bias rule.
+    """
+    layer, role = registration.layer, _role_prefix(registration)
+    kind = type(layer).__name__
+    if registration.tensor == "bias":
+        return _switched(rules.decay_bias, f"{role}bias", "decay_bias")
+    if isinstance(layer, _EMBEDDING_LAYERS):
+        if _BIAS_NAME.search(registration.layer_attribute):
+            rule = f"{role}bias by name ({registration.layer_attribute}: a table of biases)"
+            return _switched(rules.decay_bias, rule, "decay_bias")
+        rule = f"{role}embedding ({kind})"
+        return _switched(rules.decay_embeddings, rule, "decay_embeddings", default=True)
+    rule = f"{role}{registration.parameter.ndim}-D weight"
+    if _non_singleton_dims(registration.parameter) < 2 or _is_named_norm(type(layer)):
+        rule += f" of {kind} (its layer type decides, not its shape or class name)"
+    return True, rule
+
+
+def _declared_on_tensor(parameter: nn.Parameter) -> tuple[bool, str] | None:
+    """The verdict a tensor declares about itself, if any."""
+    settings = getattr(parameter, _TENSOR_OPTIM, None)
+    if isinstance(settings, dict) and "weight_decay" in settings:
+        value = float(settings["weight_decay"])
+        return value > 0, f"declared on the tensor: _optim weight_decay={value:g}"
+    if getattr(parameter, _TENSOR_NO_DECAY, False):
+        return False, "declared on the tensor: _no_weight_decay=True"
+    return None
+
+
+def _role_prefix(registration: Registration) -> str:
+    if not registration.role:
+        return ""
+    return f"{registration.role} of {type(registration.layer).__name__}.{registration.tensor}: "
+
+
+def _gain_rule(parameter: nn.Parameter) -> str:
+    if parameter.ndim < 2:
+        return f"{parameter.ndim}-D (fewer than 2 dims)"
+    larger = _non_singleton_dims(parameter)
+    return f"{parameter.ndim}-D {list(parameter.shape)}, {larger} dim larger than 1 (a gain)"
+
+
+def _non_singleton_dims(parameter: nn.Parameter) -> int:
+    return sum(1 for size in parameter.shape if size != 1)
 
 
 def _switched(decays: bool, rule: str, switch: str, default: bool = False) -> tuple[bool, str]:
@@ -371,7 +497,7 @@ def _switched(decays: bool, rule: str, switch: str, default: bool = False) -> tu
 
 
 def _decide_tied(
-    aliases: list[_Registration], declared: dict[str, str], rules: DecayRules
+    aliases: list[Registration], declared: dict[str, str], rules: DecayRules
 ) -> tuple[bool, str]:
     """Decide a parameter registered under several names (tied weights).
 
@@ -379,6 +505,8 @@ def _decide_tied(
     that one of its roles says must not shrink (a norm gain, a declared
     token) should not be shrunk through another role.
     """
+    if len(aliases) == 1:
+        return _decide(aliases[0], declared, rules)
     verdicts = [(a.name, *_decide(a, declared, rules)) for a in aliases]
     if len({decays for _, decays, _ in verdicts}) == 1:
         decays, rule = verdicts[0][1], verdicts[0][2]
@@ -388,95 +516,90 @@ def _decide_tied(
     return False, f"tied, aliases disagree ({detail}): no decay wins"
 
 
-def _is_norm(module: nn.Module) -> bool:
-    return isinstance(module, _TORCH_NORMS) or bool(_NORM_CLASS_NAME.search(type(module).__name__))
+@functools.cache
+def _is_named_norm(cls: type) -> bool:
+    return bool(_NORM_CLASS_NAME.search(cls.__name__))
 
 
-def _is_embedding(module: nn.Module) -> bool:
-    return isinstance(module, (nn.Embedding, nn.EmbeddingBag)) or bool(
-        _EMBEDDING_CLASS_NAME.search(type(module).__name__)
-    )
+# --------------------------------------------------------------- declarations
+def _declared_no_decay(registrations: list[Registration], scopes: list[Scope]) -> dict[str, str]:
+    """Parameter names a module declares not to decay → the rule text naming the declaration.
 
-
-# ------------------------------------------------------------------ traversal
-def _wrapped_attribute(module: nn.Module) -> str | None:
-    for cls in type(module).__mro__:
-        if cls.__name__ in _FLATTENING_WRAPPERS:
-            raise InvalidArgumentError(
-                "model",
-                type(module).__name__,
-                "a model not wrapped by FSDP1, which flattens parameters so that their names "
-                "and shapes are lost: build the groups before wrapping, or shard with FSDP2 "
-                "(fully_shard), whose DTensor parameters keep their shapes",
-            )
-        if cls.__name__ in _WRAPPER_ATTRIBUTES:
-            return _WRAPPER_ATTRIBUTES[cls.__name__]
-    return None
-
-
-def _modules(model: nn.Module, prefix: str = "") -> Iterator[tuple[str, nn.Module]]:
-    """``(canonical path, module)`` for every module, shared ones under each of their paths."""
-    yield prefix, model
-    skip = _wrapped_attribute(model)
-    for name, child in model.named_children():
-        path = prefix if name == skip else f"{prefix}.{name}" if prefix else name
-        yield from _modules(child, path)
-
-
-def _registrations(model: nn.Module) -> Iterator[_Registration]:
-    for path, module in _modules(model):
-        for local_name, parameter in module._parameters.items():
-            if parameter is None:
-                continue
-            if type(parameter).__name__ == "FlatParameter":
-                raise InvalidArgumentError(
-                    "model",
-                    f"{path}.{local_name}" if path else local_name,
-                    "parameters that are not FSDP1 flat parameters (their original names and "
-                    "shapes are gone): build the groups before wrapping, or shard with FSDP2",
-                )
-            name = f"{path}.{local_name}" if path else local_name
-            yield _Registration(name, local_name, module, parameter)
-
-
-def _declared_no_decay(model: nn.Module, parameter_names: list[str]) -> dict[str, str]:
-    """Parameter names declared by ``no_weight_decay()`` methods → the declaring module's path.
-
-    Each module's names are relative to that module (as timm models write
-    them), so a declaration survives any wrapper around it. A declared name
-    may also be a submodule's, covering all of its parameters.
+    ``no_weight_decay()`` entries are globs relative to the declaring module
+    (as timm models write them: ``pos_embed``, ``pos_embed.*``); an entry
+    naming a submodule covers all of its parameters. Entries of
+    ``no_weight_decay_keywords()`` (Swin's convention) match any substring of
+    the relative name. Each module is matched against its own parameters
+    only, so the cost is that of the parameters under declaring modules.
     """
+    names = {r.name for r in registrations}
+    outermost: dict[str, Scope] = {}
+    for scope in scopes:
+        outermost.setdefault(scope.path, scope)
     declared: dict[str, str] = {}
-    for path, module in _modules(model):
-        method = getattr(module, "no_weight_decay", None)
-        if not callable(method):
-            continue
-        for relative in method():
-            full = f"{path}.{relative}" if path else relative
-            for name in parameter_names:
-                if name == full or name.startswith(full + "."):
-                    declared.setdefault(name, path or type(model).__name__)
+    for scope in scopes:
+        for method_name in ("no_weight_decay", "no_weight_decay_keywords"):
+            entries = _declarations(scope.module, method_name)
+            if not entries:
+                continue
+            where = f"{scope.path or type(scope.module).__name__}.{method_name}()"
+            prefix = f"{scope.path}." if scope.path else ""
+            for entry in entries:
+                if not isinstance(entry, str) or not entry:
+                    raise InvalidArgumentError(
+                        where, entry, "parameter names, globs or keywords (non-empty strings)"
+                    )
+                rule = f"declared by {where} entry {entry!r}"
+                if method_name == "no_weight_decay" and not _GLOB_CHARACTERS.search(entry):
+                    full = prefix + entry
+                    if full in names:
+                        declared.setdefault(full, rule)
+                    covered = outermost.get(full)
+                    if covered is not None:
+                        for r in registrations[covered.start : covered.end]:
+                            declared.setdefault(r.name, rule)
+                    continue
+                keyword = method_name == "no_weight_decay_keywords"
+                pattern = None if keyword else _glob(entry)
+                for r in registrations[scope.start : scope.end]:
+                    relative = r.name[len(prefix) :]
+                    if (entry in relative) if pattern is None else pattern.fullmatch(relative):
+                        declared.setdefault(r.name, rule)
     return declared
 
 
-# --------------------------------------------------------------------- groups
-def _empty_groups(weight_decay: float, rules: DecayRules) -> list[dict[str, Any]]:
-    def group(name: str, decay: float, lr: float | None) -> dict[str, Any]:
-        built: dict[str, Any] = {
-            "name": name,
-            "params": [],
-            "param_names": [],
-            "weight_decay": decay,
-        }
-        if lr is not None:
-            built["lr"] = float(lr)
-        return built
+def _declarations(module: nn.Module, method_name: str) -> list[Any]:
+    # Looked up on the class first: nn.Module.__getattr__ makes a miss costly.
+    if getattr(type(module), method_name, None) is None and method_name not in module.__dict__:
+        return []
+    method = getattr(module, method_name)
+    return list(method()) if callable(method) else []
 
-    groups = [group(DECAY, weight_decay, None), group(NO_DECAY, 0.0, None)]
+
+@functools.lru_cache(maxsize=1024)
+def _glob(entry: str) -> re.Pattern[str]:
+    return re.compile(fnmatch.translate(entry))
+
+
+# --------------------------------------------------------------------- groups
+def _empty_groups(
+    weight_decay: float, rules: DecayRules, declared: list[_TensorSettings]
+) -> list[dict[str, Any]]:
+    def group(name: str, decay: float, extra: dict[str, Any]) -> dict[str, Any]:
+        return {"name": name, "params": [], "param_names": [], "weight_decay": decay, **extra}
+
+    groups = [group(DECAY, weight_decay, {}), group(NO_DECAY, 0.0, {})]
     for override in rules.overrides:
         decay = weight_decay if override.weight_decay is None else float(override.weight_decay)
-        groups.append(group(f"{override.group_name}/{DECAY}", decay, override.lr))
-        groups.append(group(f"{override.group_name}/{NO_DECAY}", 0.0, override.lr))
+        extra = {} if override.lr is None else {"lr": float(override.lr)}
+        groups.append(group(f"{override.group_name}/{DECAY}", decay, extra))
+        groups.append(group(f"{override.group_name}/{NO_DECAY}", 0.0, extra))
+    for settings in declared:
+        # A declared λ of 0 means "do not decay"; a parameter that decays anyway
+        # (a user `decay` pattern) gets the global λ rather than a silent 0.
+        decay = settings.weight_decay or weight_decay
+        groups.append(group(f"{settings.group_name}/{DECAY}", decay, settings.extra()))
+        groups.append(group(f"{settings.group_name}/{NO_DECAY}", 0.0, settings.extra()))
     return groups
 
 

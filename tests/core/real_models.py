@@ -1,0 +1,115 @@
+"""Real model libraries (timm, transformers, peft) for the grouping tests and the sweep.
+
+Everything here builds models from small configurations on the meta device:
+no weights are allocated and nothing is downloaded. The libraries come from
+the ``zoo`` extra; callers skip when they are absent.
+
+timm imports torchvision, but PyPI's torchvision wheels are built against
+CUDA: beside the CPU torch their compiled operators do not load, and once
+installed, torchvision breaks ``import torchmetrics`` (hence every Lightning
+test). So the ``zoo`` extra leaves torchvision out, and :func:`import_timm`
+lends timm, for the length of its import, a stand-in for the torchvision names
+that timm's modules reference at import time (transforms and datasets are only
+*used* by timm's data pipeline, which nothing here runs). Building a model
+needs none of them except ``FrozenBatchNorm2d``, which timm only swaps in on
+request; the stand-in's has no parameters, as torchvision's has none.
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.machinery
+import importlib.util
+import sys
+import types
+from typing import Any
+
+import torch
+from torch import nn
+
+_TORCHVISION_NAMES = (
+    "torchvision",
+    "torchvision.datasets",
+    "torchvision.models",
+    "torchvision.models.feature_extraction",
+    "torchvision.ops",
+    "torchvision.ops.misc",
+    "torchvision.transforms",
+    "torchvision.transforms.functional",
+)
+
+
+class _Absent(type):
+    """Classes standing in for torchvision names: any attribute is another stand-in."""
+
+    def __getattr__(cls, name: str) -> Any:
+        if name.startswith("__"):
+            raise AttributeError(name)
+        return _absent(f"{cls.__name__}.{name}")
+
+    def __call__(cls, *args: Any, **kwargs: Any) -> Any:
+        raise RuntimeError(f"torchvision is not installed: {cls.__name__} is a stand-in")
+
+
+def _absent(name: str) -> type:
+    return _Absent(name, (), {"__module__": "torchvision (stand-in)"})
+
+
+class _FrozenBatchNorm2d(nn.Module):
+    """torchvision's FrozenBatchNorm2d: batch norm statistics and affine as buffers."""
+
+    def __init__(self, num_features: int, eps: float = 1e-5) -> None:
+        super().__init__()
+        self.eps = eps
+        self.register_buffer("weight", torch.ones(num_features))
+        self.register_buffer("bias", torch.zeros(num_features))
+        self.register_buffer("running_mean", torch.zeros(num_features))
+        self.register_buffer("running_var", torch.ones(num_features))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        scale = self.weight * (self.running_var + self.eps).rsqrt()
+        shift = self.bias - self.running_mean * scale
+        return x * scale.reshape(1, -1, 1, 1) + shift.reshape(1, -1, 1, 1)
+
+
+class _StandInModule(types.ModuleType):
+    def __getattr__(self, name: str) -> Any:
+        if name.startswith("__"):
+            raise AttributeError(name)
+        return _absent(f"{self.__name__}.{name}")
+
+
+def _stand_in_torchvision() -> dict[str, types.ModuleType]:
+    modules = {}
+    for name in _TORCHVISION_NAMES:
+        module = _StandInModule(name)
+        module.__spec__ = importlib.machinery.ModuleSpec(name, None, is_package=True)
+        module.__path__ = []
+        modules[name] = module
+    modules["torchvision.ops.misc"].FrozenBatchNorm2d = _FrozenBatchNorm2d
+    for name, module in modules.items():
+        parent, _, child = name.rpartition(".")
+        if parent:
+            setattr(modules[parent], child, module)
+    return modules
+
+
+def import_timm() -> types.ModuleType:
+    """``timm``, imported with the real torchvision if there is one, else with the stand-in."""
+    if "timm" in sys.modules or importlib.util.find_spec("torchvision") is not None:
+        return importlib.import_module("timm")
+    stand_in = _stand_in_torchvision()
+    sys.modules.update(stand_in)
+    try:
+        return importlib.import_module("timm")
+    finally:
+        # timm keeps what it took; nothing else should find a torchvision.
+        for name in stand_in:
+            sys.modules.pop(name, None)
+
+
+def timm_model(name: str, **kwargs: Any) -> nn.Module:
+    """A timm architecture, randomly initialised on the meta device."""
+    timm = import_timm()
+    with torch.device("meta"):
+        return timm.create_model(name, pretrained=False, **kwargs)
