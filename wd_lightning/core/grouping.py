@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import fnmatch
 import functools
+import gc
 import math
 import re
 from dataclasses import dataclass, field, replace
@@ -197,7 +198,7 @@ class _TensorSettings:
 
 
 def _tensor_settings(parameter: nn.Parameter) -> _TensorSettings | None:
-    settings = getattr(parameter, _TENSOR_OPTIM, None)
+    settings = parameter.__dict__.get(_TENSOR_OPTIM)
     if settings is None:
         return None
     if not isinstance(settings, dict) or not all(isinstance(k, str) for k in settings):
@@ -313,10 +314,56 @@ def explain_param_groups(
         >>> [(d.name, d.rule) for d in report.decisions][:3]
         [('0.weight', '2-D weight'), ('0.bias', 'bias'), ('1.weight', 'norm layer (LayerNorm)')]
     """
+    return _group(model, weight_decay, rules, switches, explain=True)
+
+
+def param_groups(
+    model: nn.Module, weight_decay: float, rules: DecayRules | None = None, **switches: Any
+) -> list[dict[str, Any]]:
+    """Optimizer parameter groups for ``model``: ``decay`` (λ), ``no_decay`` (0), overrides.
+
+    The groups of :func:`explain_param_groups`, accepted by every
+    ``torch.optim`` optimizer.
+
+    Example:
+        >>> import torch
+        >>> from torch import nn
+        >>> groups = param_groups(nn.Linear(200, 1), weight_decay=3.0)
+        >>> [(g["name"], g["param_names"], g["weight_decay"]) for g in groups]
+        [('decay', ['weight'], 3.0), ('no_decay', ['bias'], 0.0)]
+        >>> optimizer = torch.optim.SGD(groups, lr=0.003)
+    """
+    return _group(model, weight_decay, rules, switches, explain=False).groups
+
+
+def _group(
+    model: nn.Module,
+    weight_decay: float,
+    rules: DecayRules | None,
+    switches: dict[str, Any],
+    explain: bool,
+) -> ParamGroupsReport:
+    """The groups, and with ``explain`` one :class:`ParamDecision` per parameter."""
     weight_decay = check_finite_non_negative("weight_decay", weight_decay)
     rules = replace(rules or DecayRules(), **switches) if switches else (rules or DecayRules())
 
-    registrations, scopes = walk(model)
+    # The pass allocates one small record per tensor and none of them is
+    # cyclic; on a model of tens of thousands of modules a full collection
+    # triggered by those allocations costs as much as the pass itself.
+    collecting = gc.isenabled()
+    gc.disable()
+    try:
+        return _group_without_collection(model, weight_decay, rules, explain)
+    finally:
+        if collecting:
+            gc.enable()
+
+
+def _group_without_collection(
+    model: nn.Module, weight_decay: float, rules: DecayRules, explain: bool
+) -> ParamGroupsReport:
+    scoped = _declares if rules.use_no_weight_decay else lambda module: False
+    registrations, scopes = walk(model, scoped)
     by_parameter: dict[int, list[Registration]] = {}
     frozen: dict[str, None] = {}  # an ordered set
     for registration in registrations:
@@ -336,10 +383,11 @@ def explain_param_groups(
     unmatched = {("no_decay", p) for p in rules.no_decay} | {("decay", p) for p in rules.decay}
     unmatched |= {("overrides", o.pattern) for o in rules.overrides}
     decisions = []
+    kinds: dict[tuple[Any, ...], tuple[bool, str]] = {}
     for key, aliases in by_parameter.items():
         names = [a.name for a in aliases]
-        decays, rule = _decide_tied(aliases, declared, rules)
-        override = next(
+        decays, rule = _decide_tied(aliases, declared, rules, kinds)
+        override = rules.overrides and next(
             (o for o in rules.overrides if any(fnmatch.fnmatchcase(n, o.pattern) for n in names)),
             None,
         )
@@ -348,7 +396,7 @@ def explain_param_groups(
                 (kind, p) for kind, p in unmatched if any(fnmatch.fnmatchcase(n, p) for n in names)
             }
         prefix = None
-        if override is not None:
+        if override:
             prefix = override.group_name
             if key in settings:
                 rule += f"; override {prefix!r} replaces its {settings[key].group_name}"
@@ -359,51 +407,41 @@ def explain_param_groups(
         parameter = aliases[0].parameter
         index[group_name]["params"].append(parameter)
         index[group_name]["param_names"].append(names[0])
-        decisions.append(
-            ParamDecision(
-                name=names[0],
-                group=group_name,
-                decays=decays,
-                rule=rule,
-                shape=tuple(parameter.shape),
-                numel=parameter.numel(),
-                aliases=tuple(dict.fromkeys(names[1:])),
+        if explain:
+            decisions.append(
+                ParamDecision(
+                    name=names[0],
+                    group=group_name,
+                    decays=decays,
+                    rule=rule,
+                    shape=tuple(parameter.shape),
+                    numel=parameter.numel(),
+                    aliases=tuple(dict.fromkeys(names[1:])),
+                )
             )
-        )
     if unmatched:
         kind, pattern = sorted(unmatched)[0]
         raise InvalidArgumentError(
             kind, pattern, "a pattern that matches at least one trainable parameter"
         )
-    _check_exactly_once(model, groups)
+    _check_exactly_once(set(by_parameter), groups)
     return ParamGroupsReport(groups=groups, decisions=decisions, frozen=list(frozen))
-
-
-def param_groups(
-    model: nn.Module, weight_decay: float, rules: DecayRules | None = None, **switches: Any
-) -> list[dict[str, Any]]:
-    """Optimizer parameter groups for ``model``: ``decay`` (λ), ``no_decay`` (0), overrides.
-
-    The groups of :func:`explain_param_groups`, accepted by every
-    ``torch.optim`` optimizer.
-
-    Example:
-        >>> import torch
-        >>> from torch import nn
-        >>> groups = param_groups(nn.Linear(200, 1), weight_decay=3.0)
-        >>> [(g["name"], g["param_names"], g["weight_decay"]) for g in groups]
-        [('decay', ['weight'], 3.0), ('no_decay', ['bias'], 0.0)]
-        >>> optimizer = torch.optim.SGD(groups, lr=0.003)
-    """
-    return explain_param_groups(model, weight_decay, rules, **switches).groups
 
 
 # ---------------------------------------------------------------------- rules
 def _decide(
-    registration: Registration, declared: dict[str, str], rules: DecayRules
+    registration: Registration,
+    declared: dict[str, str],
+    rules: DecayRules,
+    kinds: dict[tuple[Any, ...], tuple[bool, str]],
 ) -> tuple[bool, str]:
-    """(decays, rule) for one registration of a parameter; the first rule that applies wins."""
-    name, parameter, layer = registration.name, registration.parameter, registration.layer
+    """(decays, rule) for one registration of a parameter; the first rule that applies wins.
+
+    The name-based rules come first; the kind rules depend only on the layer's
+    type, the tensor's name, role and shape, so their verdicts are memoised in
+    ``kinds`` (a model repeats a few kinds thousands of times).
+    """
+    name, parameter = registration.name, registration.parameter
     for pattern in rules.no_decay:
         if fnmatch.fnmatchcase(name, pattern):
             return False, f"no_decay pattern {pattern!r}"
@@ -416,6 +454,22 @@ def _decide(
             return on_tensor
         if name in declared:
             return False, declared[name]
+    key = (
+        type(registration.layer),
+        registration.tensor,
+        registration.role,
+        _is_bias_name(registration.layer_attribute),
+        parameter.shape,
+    )
+    verdict = kinds.get(key)
+    if verdict is None:
+        verdict = kinds[key] = _decide_kind(registration, rules)
+    return verdict
+
+
+def _decide_kind(registration: Registration, rules: DecayRules) -> tuple[bool, str]:
+    """The kind rules (5 onwards): what the tensor is, whatever its name in the model."""
+    parameter, layer = registration.parameter, registration.layer
     # Each kind below is decided by its own switch: turning one on makes that kind decay.
     role = _role_prefix(registration)
     if isinstance(layer, _TORCH_NORMS):
@@ -428,7 +482,7 @@ def _decide(
     if gain and _is_named_norm(type(layer)):
         rule = f"{role}norm layer ({type(layer).__name__})"
         return _switched(rules.decay_norm, rule, "decay_norm")
-    if _BIAS_NAME.search(registration.tensor):
+    if _is_bias_name(registration.tensor):
         rule = "bias" if registration.tensor == "bias" else f"bias by name ({registration.tensor})"
         return _switched(rules.decay_bias, f"{role}{rule}", "decay_bias")
     if registration.role == MAGNITUDE or gain:
@@ -452,7 +506,7 @@ def _layer_tensor(registration: Registration, rules: DecayRules) -> tuple[bool, 
     if registration.tensor == "bias":
         return _switched(rules.decay_bias, f"{role}bias", "decay_bias")
     if isinstance(layer, _EMBEDDING_LAYERS):
-        if _BIAS_NAME.search(registration.layer_attribute):
+        if _is_bias_name(registration.layer_attribute):
             rule = f"{role}bias by name ({registration.layer_attribute}: a table of biases)"
             return _switched(rules.decay_bias, rule, "decay_bias")
         rule = f"{role}embedding ({kind})"
@@ -465,11 +519,14 @@ def _layer_tensor(registration: Registration, rules: DecayRules) -> tuple[bool, 
 
 def _declared_on_tensor(parameter: nn.Parameter) -> tuple[bool, str] | None:
     """The verdict a tensor declares about itself, if any."""
-    settings = getattr(parameter, _TENSOR_OPTIM, None)
+    attributes = parameter.__dict__  # where Python attributes set on a tensor live
+    if not attributes:
+        return None
+    settings = attributes.get(_TENSOR_OPTIM)
     if isinstance(settings, dict) and "weight_decay" in settings:
         value = float(settings["weight_decay"])
         return value > 0, f"declared on the tensor: _optim weight_decay={value:g}"
-    if getattr(parameter, _TENSOR_NO_DECAY, False):
+    if attributes.get(_TENSOR_NO_DECAY, False):
         return False, "declared on the tensor: _no_weight_decay=True"
     return None
 
@@ -497,7 +554,10 @@ def _switched(decays: bool, rule: str, switch: str, default: bool = False) -> tu
 
 
 def _decide_tied(
-    aliases: list[Registration], declared: dict[str, str], rules: DecayRules
+    aliases: list[Registration],
+    declared: dict[str, str],
+    rules: DecayRules,
+    kinds: dict[tuple[Any, ...], tuple[bool, str]],
 ) -> tuple[bool, str]:
     """Decide a parameter registered under several names (tied weights).
 
@@ -506,14 +566,19 @@ def _decide_tied(
     token) should not be shrunk through another role.
     """
     if len(aliases) == 1:
-        return _decide(aliases[0], declared, rules)
-    verdicts = [(a.name, *_decide(a, declared, rules)) for a in aliases]
+        return _decide(aliases[0], declared, rules, kinds)
+    verdicts = [(a.name, *_decide(a, declared, rules, kinds)) for a in aliases]
     if len({decays for _, decays, _ in verdicts}) == 1:
         decays, rule = verdicts[0][1], verdicts[0][2]
         names = list(dict.fromkeys(a.name for a in aliases))
         return decays, rule if len(names) == 1 else f"{rule}; tied with {', '.join(names[1:])}"
     detail = "; ".join(f"{name}: {rule}" for name, _, rule in verdicts)
     return False, f"tied, aliases disagree ({detail}): no decay wins"
+
+
+@functools.lru_cache(maxsize=4096)
+def _is_bias_name(name: str) -> bool:
+    return _BIAS_NAME.search(name) is not None
 
 
 @functools.cache
@@ -529,51 +594,83 @@ def _declared_no_decay(registrations: list[Registration], scopes: list[Scope]) -
     (as timm models write them: ``pos_embed``, ``pos_embed.*``); an entry
     naming a submodule covers all of its parameters. Entries of
     ``no_weight_decay_keywords()`` (Swin's convention) match any substring of
-    the relative name. Each module is matched against its own parameters
-    only, so the cost is that of the parameters under declaring modules.
+    the relative name. Each declaring module is matched once against its own
+    parameters only (``scopes`` holds just the declaring modules), so the cost
+    is linear in the parameters under them, whatever the number of entries.
     """
-    names = {r.name for r in registrations}
-    outermost: dict[str, Scope] = {}
-    for scope in scopes:
-        outermost.setdefault(scope.path, scope)
     declared: dict[str, str] = {}
     for scope in scopes:
+        exact: dict[str, str] = {}
+        globs: list[tuple[re.Pattern[str], str]] = []
+        keywords: list[tuple[str, str]] = []
         for method_name in ("no_weight_decay", "no_weight_decay_keywords"):
-            entries = _declarations(scope.module, method_name)
-            if not entries:
-                continue
             where = f"{scope.path or type(scope.module).__name__}.{method_name}()"
-            prefix = f"{scope.path}." if scope.path else ""
-            for entry in entries:
+            for entry in _declarations(scope.module, method_name):
                 if not isinstance(entry, str) or not entry:
                     raise InvalidArgumentError(
                         where, entry, "parameter names, globs or keywords (non-empty strings)"
                     )
                 rule = f"declared by {where} entry {entry!r}"
-                if method_name == "no_weight_decay" and not _GLOB_CHARACTERS.search(entry):
-                    full = prefix + entry
-                    if full in names:
-                        declared.setdefault(full, rule)
-                    covered = outermost.get(full)
-                    if covered is not None:
-                        for r in registrations[covered.start : covered.end]:
-                            declared.setdefault(r.name, rule)
-                    continue
-                keyword = method_name == "no_weight_decay_keywords"
-                pattern = None if keyword else _glob(entry)
-                for r in registrations[scope.start : scope.end]:
-                    relative = r.name[len(prefix) :]
-                    if (entry in relative) if pattern is None else pattern.fullmatch(relative):
-                        declared.setdefault(r.name, rule)
+                if method_name == "no_weight_decay_keywords":
+                    keywords.append((entry, rule))
+                elif _GLOB_CHARACTERS.search(entry):
+                    globs.append((_glob(entry), rule))
+                else:
+                    exact.setdefault(entry, rule)
+        skip = len(scope.path) + 1 if scope.path else 0
+        for registration in registrations[scope.start : scope.end]:
+            if registration.name in declared:  # an outer declaration came first
+                continue
+            rule = _first_declaration(registration.name[skip:], exact, globs, keywords)
+            if rule is not None:
+                declared[registration.name] = rule
     return declared
 
 
+def _first_declaration(
+    relative: str,
+    exact: dict[str, str],
+    globs: list[tuple[re.Pattern[str], str]],
+    keywords: list[tuple[str, str]],
+) -> str | None:
+    """The rule of the first entry that covers ``relative``: a name, a glob, a keyword."""
+    if exact:
+        # The name itself, or a submodule above it: "pos_embed", "blocks.0".
+        prefix = relative
+        while True:
+            if prefix in exact:
+                return exact[prefix]
+            cut = prefix.rfind(".")
+            if cut < 0:
+                break
+            prefix = prefix[:cut]
+    for pattern, rule in globs:
+        if pattern.fullmatch(relative):
+            return rule
+    for keyword, rule in keywords:
+        if keyword in relative:
+            return rule
+    return None
+
+
+def _declares(module: nn.Module) -> bool:
+    return bool(_declaring_methods(type(module))) or any(
+        name in module.__dict__ for name in ("no_weight_decay", "no_weight_decay_keywords")
+    )
+
+
 def _declarations(module: nn.Module, method_name: str) -> list[Any]:
-    # Looked up on the class first: nn.Module.__getattr__ makes a miss costly.
-    if getattr(type(module), method_name, None) is None and method_name not in module.__dict__:
+    if method_name not in _declaring_methods(type(module)) and method_name not in module.__dict__:
         return []
     method = getattr(module, method_name)
     return list(method()) if callable(method) else []
+
+
+@functools.cache
+def _declaring_methods(cls: type) -> frozenset[str]:
+    # Looked up once per class: on instances, nn.Module.__getattr__ makes a miss costly.
+    names = ("no_weight_decay", "no_weight_decay_keywords")
+    return frozenset(name for name in names if getattr(cls, name, None) is not None)
 
 
 @functools.lru_cache(maxsize=1024)
@@ -603,10 +700,14 @@ def _empty_groups(
     return groups
 
 
-def _check_exactly_once(model: nn.Module, groups: list[dict[str, Any]]) -> None:
-    """Every trainable parameter in exactly one group: a guarantee, so it is verified."""
+def _check_exactly_once(trainable: set[int], groups: list[dict[str, Any]]) -> None:
+    """Every trainable parameter in exactly one group: a guarantee, so it is verified.
+
+    ``trainable`` comes from the walk, which visits every module's
+    ``_parameters`` (the same tensors as ``model.parameters()``, a property the
+    tests check against torch), so the check costs one pass over the groups.
+    """
     placed = [id(p) for group in groups for p in group["params"]]
-    trainable = {id(p) for p in model.parameters() if p.requires_grad}
     if len(placed) != len(set(placed)) or set(placed) != trainable:
         raise RuntimeError(
             f"parameter grouping is inconsistent: {len(placed)} placements, "

@@ -21,7 +21,9 @@ undoes them in one pass over the module tree (linear in modules + tensors):
 from __future__ import annotations
 
 import functools
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import NamedTuple
 
 from torch import nn
 
@@ -57,9 +59,11 @@ _GENERIC_WRAPPER_ATTRIBUTE = "module"
 _FLATTENING_WRAPPERS = {"FullyShardedDataParallel"}
 
 
-@dataclass(frozen=True)
-class Registration:
+class Registration(NamedTuple):
     """One place where a parameter is registered, seen as what it is.
+
+    A named tuple: models have tens of thousands of these, and tuples are
+    the cheapest records to build.
 
     Attributes:
         name: canonical name, relative to the model, wrapper components removed.
@@ -85,7 +89,7 @@ class Registration:
     layer_attribute: str
 
 
-@dataclass
+@dataclass(slots=True)
 class Scope:
     """A module at ``path``, whose parameters are ``registrations[start:end]`` of the walk."""
 
@@ -95,11 +99,14 @@ class Scope:
     end: int = -1
 
 
-def walk(model: nn.Module) -> tuple[list[Registration], list[Scope]]:
-    """Every parameter registration of ``model`` in ``named_parameters`` order, and every scope.
+def walk(
+    model: nn.Module, scoped: Callable[[nn.Module], bool] = lambda module: True
+) -> tuple[list[Registration], list[Scope]]:
+    """Every parameter registration of ``model`` in ``named_parameters`` order, and scopes.
 
     A module reachable under several paths (tied weights) is walked under each,
-    so its parameters appear once per path. Raises
+    so its parameters appear once per path. A :class:`Scope` is recorded for
+    each module for which ``scoped(module)`` holds. Raises
     :class:`~wd_lightning.core.errors.InvalidArgumentError` for FSDP1 models.
 
     Example:
@@ -123,12 +130,14 @@ def walk(model: nn.Module) -> tuple[list[Registration], list[Scope]]:
             item.end = len(registrations)
             continue
         module, path, attribute = item
-        scope = Scope(path, module, len(registrations))
-        scopes.append(scope)
-        stack.append(scope)
-        _register(module, path, attribute, parametrized, registrations)
-        children = _children(module, path, attribute, parametrized)
-        stack.extend(reversed(children))
+        if scoped(module):
+            scope = Scope(path, module, len(registrations))
+            scopes.append(scope)
+            stack.append(scope)
+        if module._parameters:
+            _register(module, path, attribute, parametrized, registrations)
+        if module._modules:
+            stack.extend(reversed(_children(module, path, attribute, parametrized)))
     return registrations, scopes
 
 
@@ -165,10 +174,10 @@ def _register(
     parametrized: dict[int, tuple[nn.Module, str, str, tuple[str, ...]]],
     registrations: list[Registration],
 ) -> None:
-    if not module._parameters:
-        return
     target = parametrized.get(id(module))
-    hooks = _old_style_parametrizations(module) if target is None else {}
+    hooks = (
+        _old_style_parametrizations(module) if target is None and module._forward_pre_hooks else {}
+    )
     for local_name, parameter in module._parameters.items():
         if parameter is None:
             continue
