@@ -95,12 +95,14 @@ def _stand_in_torchvision() -> dict[str, types.ModuleType]:
 
 
 def import_timm() -> types.ModuleType:
-    """``timm``, imported with the real torchvision if there is one, else with the stand-in."""
-    if "timm" in sys.modules or importlib.util.find_spec("torchvision") is not None:
+    """``timm`` and ``timm.optim``, with the real torchvision if there is one, else the stand-in."""
+    if "timm.optim" in sys.modules or importlib.util.find_spec("torchvision") is not None:
+        importlib.import_module("timm.optim")
         return importlib.import_module("timm")
     stand_in = _stand_in_torchvision()
     sys.modules.update(stand_in)
     try:
+        importlib.import_module("timm.optim")  # the models, and timm's own grouping
         return importlib.import_module("timm")
     finally:
         # timm keeps what it took; nothing else should find a torchvision.
@@ -113,3 +115,33 @@ def timm_model(name: str, **kwargs: Any) -> nn.Module:
     timm = import_timm()
     with torch.device("meta"):
         return timm.create_model(name, pretrained=False, **kwargs)
+
+
+def hf_model(config: Any, model_class: type | None = None) -> nn.Module:
+    """A transformers model from ``config`` (built in code), on the meta device.
+
+    ``model_class`` defaults to the library's ``AutoModel`` choice for the config.
+    """
+    import transformers
+
+    with torch.device("meta"):
+        if model_class is None:
+            return transformers.AutoModel.from_config(config)
+        return model_class(config)
+
+
+def timm_decayed(model: nn.Module) -> set[str]:
+    """Names timm decays: ``param_groups_weight_decay`` with the model's ``no_weight_decay()``."""
+    timm = import_timm()
+    declared = model.no_weight_decay() if hasattr(model, "no_weight_decay") else set()
+    groups = timm.optim.param_groups_weight_decay(model, 0.1, no_weight_decay_list=declared)
+    decayed = {id(p) for g in groups if g["weight_decay"] > 0 for p in g["params"]}
+    return {name for name, p in model.named_parameters() if id(p) in decayed}
+
+
+def hf_decayed(model: nn.Module) -> set[str]:
+    """Names ``Trainer.get_decay_parameter_names`` decays (a method that uses no state)."""
+    from transformers import Trainer
+
+    trainable = {name for name, p in model.named_parameters() if p.requires_grad}
+    return set(Trainer.get_decay_parameter_names(None, model)) & trainable

@@ -288,8 +288,7 @@ def test_summary_and_markdown_report():
     markdown = report.markdown()
     assert (
         "| `backbone.pos_embed` | [1, 5, 16] | no_decay "
-        "| declared by backbone.no_weight_decay() entry 'pos_embed' |"
-        in markdown
+        "| declared by backbone.no_weight_decay() entry 'pos_embed' |" in markdown
     )
     optimizer = torch.optim.SGD(report.groups, lr=0.25)
     assert "0.25" in report.summary(optimizer)
