@@ -95,14 +95,16 @@ def _stand_in_torchvision() -> dict[str, types.ModuleType]:
 
 
 def import_timm() -> types.ModuleType:
-    """``timm`` and ``timm.optim``, with the real torchvision if there is one, else the stand-in."""
-    if "timm.optim" in sys.modules or importlib.util.find_spec("torchvision") is not None:
+    """``timm`` (and its ``optim``, ``utils``), with the real torchvision or else the stand-in."""
+    if "timm.utils" in sys.modules or importlib.util.find_spec("torchvision") is not None:
         importlib.import_module("timm.optim")
+        importlib.import_module("timm.utils")
         return importlib.import_module("timm")
     stand_in = _stand_in_torchvision()
     sys.modules.update(stand_in)
     try:
         importlib.import_module("timm.optim")  # the models, and timm's own grouping
+        importlib.import_module("timm.utils")  # EMA wrappers
         return importlib.import_module("timm")
     finally:
         # timm keeps what it took; nothing else should find a torchvision.
@@ -145,3 +147,61 @@ def hf_decayed(model: nn.Module) -> set[str]:
 
     trainable = {name for name, p in model.named_parameters() if p.requires_grad}
     return set(Trainer.get_decay_parameter_names(None, model)) & trainable
+
+
+# Families of our rule texts, for comparing verdicts with other rules.
+_RULE_FAMILIES = (
+    ("declared on the tensor", "declared on the tensor"),
+    ("declared by", "declared by a module"),
+    ("weight-norm magnitude", "weight-norm magnitude"),
+    ("(a gain)", "gain with singleton dims"),
+    ("(fewer than 2 dims)", "1-D or scalar"),
+    ("its layer type decides", "layer weight, whatever its shape or class name"),
+    ("bias", "bias"),
+    ("norm layer", "norm layer"),
+    ("embedding", "embedding"),
+    ("-D weight", "weight"),
+)
+
+
+def rule_family(rule: str) -> str:
+    """The kind of rule behind one of our verdicts, e.g. ``"gain with singleton dims"``."""
+    for marker, family in _RULE_FAMILIES:
+        if marker in rule:
+            return family
+    return "other"
+
+
+def differences(model: nn.Module, reference: set[str]) -> list[tuple[str, bool, str]]:
+    """``(name, we decay, our rule's family)`` for each parameter where ``reference`` differs.
+
+    ``reference`` holds the names (as ``named_parameters`` gives them) that the
+    other rule decays; ours are matched by tensor, so wrappers do not matter.
+    """
+    from wd_lightning import explain_param_groups
+
+    report = explain_param_groups(model, 0.1)
+    tensor_of = {
+        name: parameter
+        for group in report.groups
+        for name, parameter in zip(group["param_names"], group["params"], strict=True)
+    }
+    name_of = {id(p): name for name, p in model.named_parameters()}
+    found = []
+    for decision in report.decisions:
+        name = name_of[id(tensor_of[decision.name])]
+        if decision.decays != (name in reference):
+            found.append((name, decision.decays, rule_family(decision.rule)))
+    return found
+
+
+def small_text(overrides: dict[str, Any] | None = None) -> dict[str, Any]:
+    """A small decoder configuration's fields, for nested text configs."""
+    return {
+        "hidden_size": 32,
+        "intermediate_size": 64,
+        "num_attention_heads": 2,
+        "num_key_value_heads": 2,
+        "num_hidden_layers": 2,
+        **(overrides or {}),
+    }
