@@ -37,7 +37,7 @@ from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from wd_lightning.core.grouping import explain_param_groups  # noqa: E402
+from wd_lightning.core.grouping import explain_param_groups
 
 
 class _Declares(nn.Module):

@@ -172,15 +172,18 @@ def rule_family(rule: str) -> str:
     return "other"
 
 
-def differences(model: nn.Module, reference: set[str]) -> list[tuple[str, bool, str]]:
+def differences(
+    model: nn.Module, reference: set[str], report: Any = None
+) -> list[tuple[str, bool, str]]:
     """``(name, we decay, our rule's family)`` for each parameter where ``reference`` differs.
 
     ``reference`` holds the names (as ``named_parameters`` gives them) that the
-    other rule decays; ours are matched by tensor, so wrappers do not matter.
+    other rule decays; ours (``report``, computed if not given) are matched by
+    tensor, so wrappers do not matter.
     """
     from wd_lightning import explain_param_groups
 
-    report = explain_param_groups(model, 0.1)
+    report = report if report is not None else explain_param_groups(model, 0.1)
     tensor_of = {
         name: parameter
         for group in report.groups
