@@ -71,6 +71,7 @@ RULES: dict[str, Rule] = {
     "Hugging Face": huggingface_like,
 }
 
+
 class NormedEmbedding(nn.Embedding):
     """A token table normalised in forward; "Norm" in its name, an embedding by type."""
 
