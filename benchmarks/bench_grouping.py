@@ -9,23 +9,26 @@ Four workloads, each built on the meta device (no memory for weights):
 * 4,000 modules that each declare a parameter in ``no_weight_decay()`` (the
   shape that made a names × declarations scan quadratic).
 
-For each synthetic workload it also times a quarter of the size: linear
-growth shows as a ratio near 4 (the ratio, not the absolute time, is what
-carries over between machines). The timm and Hugging Face rows need the
+Two ratios carry over between machines where absolute times do not: the
+grouping's time over that of listing ``model.named_parameters()`` (the least
+any grouping must do), and for the synthetic workloads the time at full size
+over the time at a quarter of it (linear growth: near 4). The timm and Hugging Face rows need the
 ``zoo`` extra and are skipped without it.
 
 Usage::
 
     python benchmarks/bench_grouping.py            # a few seconds, plus model building
     python benchmarks/bench_grouping.py --repeats 5
+    git show 35201ba:wd_lightning/core/grouping.py > /tmp/old_grouping.py
+    python benchmarks/bench_grouping.py --baseline /tmp/old_grouping.py
 
-Prints a Markdown table: workload, tensors, median seconds, and the ratio of
-the full size to a quarter of it.
+Prints a Markdown table: workload, tensors, median seconds, and both ratios.
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import statistics
 import sys
 import time
@@ -81,21 +84,66 @@ def hf_speech_encoder() -> nn.Module | None:
         return transformers.Wav2Vec2ConformerModel(config)
 
 
-def median_seconds(model: nn.Module, repeats: int) -> float:
+def median_seconds(work: Callable[[], object], repeats: int) -> float:
     times = []
     for _ in range(repeats):
         start = time.perf_counter()
-        explain_param_groups(model, 0.1)
+        work()
         times.append(time.perf_counter() - start)
     return statistics.median(times)
+
+
+def load_baseline(path: Path) -> Callable[..., object]:
+    """``explain_param_groups`` from another version of core/grouping.py, to compare."""
+    spec = importlib.util.spec_from_file_location("baseline_grouping", path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up
+    spec.loader.exec_module(module)
+    return module.explain_param_groups
+
+
+def row(
+    label: str,
+    model: nn.Module,
+    repeats: int,
+    quarter: nn.Module | None = None,
+    baseline: Callable[..., object] | None = None,
+) -> str:
+    """Seconds, the yardstick ratio, the growth ratio, and the baseline's seconds."""
+    grouping = median_seconds(lambda: explain_param_groups(model, 0.1), repeats)
+    listing = median_seconds(lambda: list(model.named_parameters()), repeats)
+    growth = ""
+    if quarter is not None:
+        growth = (
+            f"{grouping / median_seconds(lambda: explain_param_groups(quarter, 0.1), repeats):.2f}"
+        )
+    before = ""
+    if baseline is not None:
+        before = f"{median_seconds(lambda: baseline(model, 0.1), repeats):.4f}"
+    tensors = len(list(model.parameters()))
+    return (
+        f"| {label} | {tensors:,} | {grouping:.4f} | {grouping / listing:.1f} | {growth} "
+        f"| {before} |"
+    )
 
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument(
+        "--baseline",
+        type=Path,
+        default=None,
+        help="another grouping.py to time beside this one, e.g. from "
+        "`git show <commit>:wd_lightning/core/grouping.py > old.py`",
+    )
     args = parser.parse_args(argv)
+    baseline = load_baseline(args.baseline) if args.baseline else None
 
-    rows = ["| workload | tensors | median s | full / quarter |", "|---|---|---|---|"]
+    rows = [
+        "| workload | tensors | median s | × named_parameters() | full / quarter | baseline s |",
+        "|---|---|---|---|---|---|",
+    ]
     real: list[tuple[str, Callable[[], nn.Module | None]]] = [
         ("timm mvitv2_small", timm_mvitv2_small),
         ("HF Wav2Vec2Conformer, 35 layers", hf_speech_encoder),
@@ -103,20 +151,16 @@ def main(argv: list[str] | None = None) -> None:
     for label, build in real:
         model = build()
         if model is None:
-            rows.append(f"| {label} | (needs the zoo extra) | | |")
+            rows.append(f"| {label} | (needs the zoo extra) | | | | |")
             continue
-        tensors = len(list(model.parameters()))
-        rows.append(f"| {label} | {tensors:,} | {median_seconds(model, args.repeats):.4f} | |")
+        rows.append(row(label, model, args.repeats, baseline=baseline))
     synthetic = [
         ("32,000 Linear(4, 4) layers", stack_of_layers, 32_000),
         ("4,000 declaring modules", declaring_modules, 4_000),
     ]
     for label, build, count in synthetic:
-        full, quarter = build(count), build(count // 4)
-        full_s = median_seconds(full, args.repeats)
-        quarter_s = median_seconds(quarter, args.repeats)
-        tensors = len(list(full.parameters()))
-        rows.append(f"| {label} | {tensors:,} | {full_s:.4f} | {full_s / quarter_s:.2f} |")
+        quarter = build(count // 4)
+        rows.append(row(label, build(count), args.repeats, quarter=quarter, baseline=baseline))
     print("\n".join(rows))
 
 

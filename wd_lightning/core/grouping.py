@@ -362,61 +362,76 @@ def _group(
 def _group_without_collection(
     model: nn.Module, weight_decay: float, rules: DecayRules, explain: bool
 ) -> ParamGroupsReport:
-    scoped = _declares if rules.use_no_weight_decay else lambda module: False
-    registrations, scopes = walk(model, scoped)
-    by_parameter: dict[int, list[Registration]] = {}
+    declarations = rules.use_no_weight_decay
+    registrations, scopes = walk(model, _declares if declarations else _never)
+    # The first trainable registration of each tensor; the others only for tied tensors.
+    first: dict[int, Registration] = {}
+    tied: dict[int, list[Registration]] = {}
     frozen: dict[str, None] = {}  # an ordered set
     for registration in registrations:
-        if not registration.parameter.requires_grad:
+        parameter = registration.parameter
+        if not parameter.requires_grad:
             frozen[registration.name] = None
-            continue
-        by_parameter.setdefault(id(registration.parameter), []).append(registration)
-    declared = _declared_no_decay(registrations, scopes) if rules.use_no_weight_decay else {}
-    settings = {
-        key: found
-        for key, aliases in by_parameter.items()
-        if rules.use_no_weight_decay and (found := _tensor_settings(aliases[0].parameter))
-    }
+        elif id(parameter) in first:
+            tied.setdefault(id(parameter), [first[id(parameter)]]).append(registration)
+        else:
+            first[id(parameter)] = registration
+    declared = _declared_no_decay(registrations, scopes) if declarations else {}
 
-    groups = _empty_groups(weight_decay, rules, list(dict.fromkeys(settings.values())))
+    groups = _empty_groups(weight_decay, rules)
     index = {group["name"]: group for group in groups}
+    patterns = bool(rules.no_decay or rules.decay or rules.overrides)
     unmatched = {("no_decay", p) for p in rules.no_decay} | {("decay", p) for p in rules.decay}
     unmatched |= {("overrides", o.pattern) for o in rules.overrides}
     decisions = []
     kinds: dict[tuple[Any, ...], tuple[bool, str]] = {}
-    for key, aliases in by_parameter.items():
-        names = [a.name for a in aliases]
-        decays, rule = _decide_tied(aliases, declared, rules, kinds)
-        override = rules.overrides and next(
-            (o for o in rules.overrides if any(fnmatch.fnmatchcase(n, o.pattern) for n in names)),
-            None,
-        )
-        if unmatched:
+    for key, registration in first.items():
+        aliases = tied.get(key)
+        if aliases is None:  # the common case, kept cheap
+            names = [registration.name]
+            decays, rule = _decide(registration, declared, rules, kinds)
+        else:
+            names = [a.name for a in aliases]
+            decays, rule = _decide_tied(aliases, declared, rules, kinds)
+        prefix = None
+        if patterns:
+            override = next(
+                (
+                    o
+                    for o in rules.overrides
+                    if any(fnmatch.fnmatchcase(n, o.pattern) for n in names)
+                ),
+                None,
+            )
+            prefix = None if override is None else override.group_name
             unmatched -= {
                 (kind, p) for kind, p in unmatched if any(fnmatch.fnmatchcase(n, p) for n in names)
             }
-        prefix = None
-        if override:
-            prefix = override.group_name
-            if key in settings:
-                rule += f"; override {prefix!r} replaces its {settings[key].group_name}"
-        elif key in settings:
-            prefix = settings[key].group_name
+        parameter = registration.parameter
+        if declarations and parameter.__dict__:
+            settings = _tensor_settings(parameter)
+            if settings is not None and prefix is not None:
+                rule += f"; override {prefix!r} replaces its {settings.group_name}"
+            elif settings is not None:
+                prefix = settings.group_name
+                if f"{prefix}/{DECAY}" not in index:  # a pair of groups per distinct one
+                    for group in _declared_groups(weight_decay, settings):
+                        groups.append(group)
+                        index[group["name"]] = group
         base = DECAY if decays else NO_DECAY
-        group_name = base if prefix is None else f"{prefix}/{base}"
-        parameter = aliases[0].parameter
-        index[group_name]["params"].append(parameter)
-        index[group_name]["param_names"].append(names[0])
+        group = index[base if prefix is None else f"{prefix}/{base}"]
+        group["params"].append(parameter)
+        group["param_names"].append(names[0])
         if explain:
             decisions.append(
-                ParamDecision(
-                    name=names[0],
-                    group=group_name,
-                    decays=decays,
-                    rule=rule,
-                    shape=tuple(parameter.shape),
-                    numel=parameter.numel(),
-                    aliases=tuple(dict.fromkeys(names[1:])),
+                _decision(
+                    names[0],
+                    group["name"],
+                    decays,
+                    rule,
+                    tuple(parameter.shape),
+                    parameter.numel(),
+                    tuple(dict.fromkeys(names[1:])),
                 )
             )
     if unmatched:
@@ -424,8 +439,34 @@ def _group_without_collection(
         raise InvalidArgumentError(
             kind, pattern, "a pattern that matches at least one trainable parameter"
         )
-    _check_exactly_once(set(by_parameter), groups)
+    _check_exactly_once(set(first), groups)
     return ParamGroupsReport(groups=groups, decisions=decisions, frozen=list(frozen))
+
+
+def _decision(
+    name: str,
+    group: str,
+    decays: bool,
+    rule: str,
+    shape: tuple[int, ...],
+    numel: int,
+    aliases: tuple[str, ...],
+) -> ParamDecision:
+    """A ParamDecision, built as a frozen dataclass's own ``__init__`` would, but at half the cost.
+
+    The generated ``__init__`` of a frozen dataclass sets each field through
+    ``object.__setattr__``; filling ``__dict__`` at once gives the same object
+    (equal, hashable, immutable through attributes) in a loop over every tensor.
+    """
+    decision = object.__new__(ParamDecision)
+    decision.__dict__.update(
+        name=name, group=group, decays=decays, rule=rule, shape=shape, numel=numel, aliases=aliases
+    )
+    return decision
+
+
+def _never(module: nn.Module) -> bool:
+    return False
 
 
 # ---------------------------------------------------------------------- rules
@@ -449,7 +490,7 @@ def _decide(
         if fnmatch.fnmatchcase(name, pattern):
             return True, f"decay pattern {pattern!r}"
     if rules.use_no_weight_decay:
-        on_tensor = _declared_on_tensor(parameter)
+        on_tensor = _declared_on_tensor(parameter) if parameter.__dict__ else None
         if on_tensor is not None:
             return on_tensor
         if name in declared:
@@ -654,9 +695,10 @@ def _first_declaration(
 
 
 def _declares(module: nn.Module) -> bool:
-    return bool(_declaring_methods(type(module))) or any(
-        name in module.__dict__ for name in ("no_weight_decay", "no_weight_decay_keywords")
-    )
+    if _declaring_methods(type(module)):
+        return True
+    attributes = module.__dict__  # a method assigned to one instance
+    return "no_weight_decay" in attributes or "no_weight_decay_keywords" in attributes
 
 
 def _declarations(module: nn.Module, method_name: str) -> list[Any]:
@@ -679,25 +721,28 @@ def _glob(entry: str) -> re.Pattern[str]:
 
 
 # --------------------------------------------------------------------- groups
-def _empty_groups(
-    weight_decay: float, rules: DecayRules, declared: list[_TensorSettings]
-) -> list[dict[str, Any]]:
-    def group(name: str, decay: float, extra: dict[str, Any]) -> dict[str, Any]:
-        return {"name": name, "params": [], "param_names": [], "weight_decay": decay, **extra}
+def _new_group(name: str, weight_decay: float, extra: dict[str, Any]) -> dict[str, Any]:
+    return {"name": name, "params": [], "param_names": [], "weight_decay": weight_decay, **extra}
 
-    groups = [group(DECAY, weight_decay, {}), group(NO_DECAY, 0.0, {})]
+
+def _empty_groups(weight_decay: float, rules: DecayRules) -> list[dict[str, Any]]:
+    groups = [_new_group(DECAY, weight_decay, {}), _new_group(NO_DECAY, 0.0, {})]
     for override in rules.overrides:
         decay = weight_decay if override.weight_decay is None else float(override.weight_decay)
         extra = {} if override.lr is None else {"lr": float(override.lr)}
-        groups.append(group(f"{override.group_name}/{DECAY}", decay, extra))
-        groups.append(group(f"{override.group_name}/{NO_DECAY}", 0.0, extra))
-    for settings in declared:
-        # A declared λ of 0 means "do not decay"; a parameter that decays anyway
-        # (a user `decay` pattern) gets the global λ rather than a silent 0.
-        decay = settings.weight_decay or weight_decay
-        groups.append(group(f"{settings.group_name}/{DECAY}", decay, settings.extra()))
-        groups.append(group(f"{settings.group_name}/{NO_DECAY}", 0.0, settings.extra()))
+        groups.append(_new_group(f"{override.group_name}/{DECAY}", decay, extra))
+        groups.append(_new_group(f"{override.group_name}/{NO_DECAY}", 0.0, extra))
     return groups
+
+
+def _declared_groups(weight_decay: float, settings: _TensorSettings) -> list[dict[str, Any]]:
+    # A declared λ of 0 means "do not decay"; a parameter that decays anyway
+    # (a user `decay` pattern) gets the global λ rather than a silent 0.
+    decay = settings.weight_decay or weight_decay
+    return [
+        _new_group(f"{settings.group_name}/{DECAY}", decay, settings.extra()),
+        _new_group(f"{settings.group_name}/{NO_DECAY}", 0.0, settings.extra()),
+    ]
 
 
 def _check_exactly_once(trainable: set[int], groups: list[dict[str, Any]]) -> None:

@@ -182,7 +182,7 @@ def _register(
         if parameter is None:
             continue
         name = f"{path}.{local_name}" if path else local_name
-        if type(parameter).__name__ == "FlatParameter":
+        if type(parameter) is not nn.Parameter and type(parameter).__name__ == "FlatParameter":
             raise InvalidArgumentError(
                 "model",
                 name,
@@ -195,8 +195,11 @@ def _register(
             role = _parametrization_role(local_name, kinds)
         elif local_name in hooks:
             tensor, role = hooks[local_name]
+        # _make skips the keyword handling of the generated __init__: this runs per tensor.
         registrations.append(
-            Registration(name, local_name, module, parameter, layer, tensor, role, layer_attribute)
+            Registration._make(
+                (name, local_name, module, parameter, layer, tensor, role, layer_attribute)
+            )
         )
 
 
