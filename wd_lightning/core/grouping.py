@@ -33,14 +33,17 @@ from __future__ import annotations
 import fnmatch
 import functools
 import gc
-import math
 import re
 from dataclasses import dataclass, field, replace
 from typing import Any
 
 from torch import nn
 
-from wd_lightning.core.errors import InvalidArgumentError, check_finite_non_negative
+from wd_lightning.core.errors import (
+    InvalidArgumentError,
+    check_finite_non_negative,
+    check_finite_positive,
+)
 from wd_lightning.core.param_walk import MAGNITUDE, Registration, Scope, walk
 
 __all__ = [
@@ -112,10 +115,8 @@ class GroupOverride:
             raise InvalidArgumentError("overrides.pattern", self.pattern, "a non-empty glob")
         if self.weight_decay is not None:
             check_finite_non_negative("overrides.weight_decay", self.weight_decay)
-        if self.lr is not None and not (
-            isinstance(self.lr, (int, float)) and math.isfinite(self.lr) and self.lr > 0
-        ):
-            raise InvalidArgumentError("overrides.lr", self.lr, "a finite number > 0")
+        if self.lr is not None:
+            check_finite_positive("overrides.lr", self.lr)
 
     @property
     def group_name(self) -> str:
