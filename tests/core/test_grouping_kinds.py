@@ -300,6 +300,25 @@ def test_biases_are_found_by_name_whatever_their_shape():
     assert found["experts.gate_up_proj"].decays and found["mha.in_proj_weight"].decays
 
 
+class HiddenStateRelativeBias(nn.Module):
+    """A bank of bias profiles mixed by a small network (as hidden-state position biases do)."""
+
+    def __init__(self, heads: int = 2, profiles: int = 8) -> None:
+        super().__init__()
+        self.proj = nn.Parameter(torch.zeros(profiles, 16))
+        self.linear = nn.Linear(4, heads * profiles)
+
+
+def test_a_tensor_held_by_a_module_named_as_a_bias_is_a_bias_but_its_layers_are_layers():
+    model = nn.ModuleDict({"relative_position_bias": HiddenStateRelativeBias()})
+    found = decisions(model)
+    profiles = found["relative_position_bias.proj"]
+    assert not profiles.decays
+    assert profiles.rule == "bias by name (held by relative_position_bias)"
+    assert found["relative_position_bias.linear.weight"].decays  # a Linear, by its type
+    assert verdicts(model, decay_bias=True)["relative_position_bias.proj"] is True
+
+
 def test_decay_bias_decays_every_bias_outside_norm_layers():
     found = decisions(biased_model(), decay_bias=True)
     for name in BIASES:

@@ -10,11 +10,14 @@ applies to it, in this order:
 4. declared by a module's ``no_weight_decay()`` (globs) or
    ``no_weight_decay_keywords()`` (substrings)                       → no decay
 5. owned by a torch normalisation layer                              → no decay (``decay_norm``)
-6. a bias, by name: ``bias``, ``in_proj_bias``, ``bias_k``,
-   ``relative_position_bias_table``... whatever its shape           → no decay (``decay_bias``)
-7. the weight of a Linear, convolution or Embedding (subclasses
-   too), whatever its shape or class name                            → decay (``decay_embeddings``)
-8. a gain (fewer than 2 non-singleton dims) of a class named ``*Norm*`` → no decay (``decay_norm``)
+6. the own weight or bias of a Linear, convolution or Embedding
+   (subclasses too), whatever its shape or class name                → decay (embeddings:
+                                                                       ``decay_embeddings``;
+                                                                       biases: rule 8)
+7. a gain (fewer than 2 non-singleton dims) of a class named ``*Norm*`` → no decay (``decay_norm``)
+8. a bias, by name, whatever its shape: ``bias``, ``in_proj_bias``,
+   ``bias_k``, ``relative_position_bias_table``, or any tensor held
+   by a module named as a bias                                        → no decay (``decay_bias``)
 9. a weight-norm magnitude, or any gain: fewer than 2 dimensions
    larger than 1 (``(D,)``, ``(D, 1, 1)``, ``(1, 1, D)``, scalars)   → no decay (``decay_low_dim``)
 10. a matrix owned by a class named ``*Embedding*``                  → decay (``decay_embeddings``)
@@ -527,6 +530,12 @@ def _decide_kind(registration: Registration, rules: DecayRules) -> tuple[bool, s
     if _is_bias_name(registration.tensor):
         rule = "bias" if registration.tensor == "bias" else f"bias by name ({registration.tensor})"
         return _switched(rules.decay_bias, f"{role}{rule}", "decay_bias")
+    if not registration.role and _is_bias_name(registration.layer_attribute):
+        # A tensor held by a module its parent names as a bias: a bank of bias
+        # profiles (``relative_position_bias.proj``). Layers inside such a module
+        # (its Linear, its MLP) were judged by their type above.
+        rule = f"bias by name (held by {registration.layer_attribute})"
+        return _switched(rules.decay_bias, rule, "decay_bias")
     if registration.role == MAGNITUDE or gain:
         return _switched(rules.decay_low_dim, f"{role}{_gain_rule(parameter)}", "decay_low_dim")
     if _EMBEDDING_CLASS_NAME.search(type(layer).__name__):
