@@ -310,11 +310,14 @@ class HiddenStateRelativeBias(nn.Module):
 
 
 def test_a_tensor_held_by_a_module_named_as_a_bias_is_a_bias_but_its_layers_are_layers():
-    model = nn.ModuleDict({"relative_position_bias": HiddenStateRelativeBias()})
+    model = nn.ModuleDict(
+        {"relative_position_bias": HiddenStateRelativeBias(), "rel_bias": HiddenStateRelativeBias()}
+    )
     found = decisions(model)
     profiles = found["relative_position_bias.proj"]
     assert not profiles.decays
     assert profiles.rule == "bias by name (held by relative_position_bias)"
+    assert found["rel_bias.proj"].rule == "bias by name (held by rel_bias)"  # its own holder
     assert found["relative_position_bias.linear.weight"].decays  # a Linear, by its type
     assert verdicts(model, decay_bias=True)["relative_position_bias.proj"] is True
 

@@ -499,11 +499,12 @@ def _decide(
             return on_tensor
         if name in declared:
             return False, declared[name]
+    attribute = registration.layer_attribute
     key = (
         type(registration.layer),
         registration.tensor,
         registration.role,
-        _is_bias_name(registration.layer_attribute),
+        attribute if _is_bias_name(attribute) else "",  # only bias names change a verdict
         parameter.shape,
     )
     verdict = kinds.get(key)
