@@ -562,7 +562,9 @@ def _decide(
         type(registration.layer),
         registration.tensor,
         registration.role,
-        attribute if _is_bias_name(attribute) else "",  # only bias names change a verdict
+        # Only bias names change a verdict; the substring test spares the regex (and
+        # its cache) the thousands of numbered attributes of a long Sequential.
+        attribute if "bias" in attribute and _is_bias_name(attribute) else "",
         parameter.shape,
     )
     verdict = kinds.get(key)
