@@ -132,9 +132,12 @@ class DecayRules:
     """Switches for the grouping rules; the defaults are the recommended rule.
 
     Args:
-        decay_bias: decay biases too.
-        decay_norm: decay the parameters of normalisation layers too.
-        decay_low_dim: decay parameters with fewer than 2 dimensions too.
+        decay_bias: decay biases too: every bias outside a normalisation
+            layer, found by name whatever its shape.
+        decay_norm: decay the parameters of normalisation layers too (and the
+            gains of classes named like a norm).
+        decay_low_dim: decay gains too: parameters with fewer than 2
+            dimensions larger than 1, and weight-norm magnitudes.
         decay_embeddings: decay embedding tables (default ``True``, as nanoGPT
             and timm do; ``False`` as some language-model recipes prefer).
         use_no_weight_decay: honour the model's own declarations: submodules'
