@@ -365,6 +365,12 @@ def test_old_style_weight_norm_and_spectral_norm_are_explained():
     assert rule == "spectral-norm original of ParametrizedLinear.weight: 2-D weight"
 
 
+def test_a_module_dict_that_merely_is_called_parametrizations_is_walked_as_modules():
+    model = nn.Module()
+    model.parametrizations = nn.ModuleDict({"weight": nn.Linear(2, 3)})
+    assert decisions(model)["parametrizations.weight.weight"].rule == "2-D weight"
+
+
 # ---------------------------------------------------------------------- 7. wrappers
 class EmaCopy(nn.Module):
     """Any wrapper that keeps the model under ``.module`` and has no parameters itself."""

@@ -26,6 +26,7 @@ from dataclasses import dataclass
 from typing import NamedTuple
 
 from torch import nn
+from torch.nn.utils import parametrize
 
 from wd_lightning.core.errors import InvalidArgumentError
 
@@ -162,8 +163,9 @@ def _children(
     parametrizations = module._modules.get("parametrizations")
     if isinstance(parametrizations, nn.ModuleDict):  # torch.nn.utils.parametrize
         for tensor, plist in parametrizations.items():
-            kinds = tuple(type(p).__name__ for p in plist)
-            parametrized[id(plist)] = (module, tensor, attribute, kinds)
+            if isinstance(plist, parametrize.ParametrizationList):
+                kinds = tuple(type(p).__name__ for p in plist)
+                parametrized[id(plist)] = (module, tensor, attribute, kinds)
     return children
 
 
