@@ -1,4 +1,3 @@
-
 import numpy as np
 import torch
 
@@ -29,5 +28,3 @@ def test_cli_checkpoint_loads_with_weights_only(tmp_path):
     assert raw["hyper_parameters"]["_class_path"] == "wd_lightning.LinearRegression"
     loaded = LinearRegression.load_from_checkpoint(path, weights_only=True)
     torch.testing.assert_close(loaded.model.weight, cli.model.model.weight)
-
-
