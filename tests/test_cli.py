@@ -330,3 +330,11 @@ def test_sigterm_is_reported_in_one_line(tmp_path):
     )
     # Lightning's start-up lines stay; its own lines about the interrupt do not.
     assert not [line for line in start_up if "SIGTERM" in line or "checkpoint" in line]
+
+
+def test_runs_without_a_logger_leave_the_working_directory_alone(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    for _ in range(2):  # the second run used to stop on the first one's config.yaml
+        main(["fit", "--trainer.max_epochs", "1", "--trainer.logger", "false", *QUIET])
+    assert not (tmp_path / "config.yaml").exists()
+    assert "logs:" not in capsys.readouterr().out

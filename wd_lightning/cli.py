@@ -16,7 +16,7 @@ from jsonargparse._deprecated import JsonargparseDeprecationWarning
 from lightning.pytorch import Callback, LightningDataModule, LightningModule, Trainer
 from lightning.pytorch import __version__ as lightning_version
 from lightning.pytorch.callbacks import ModelCheckpoint
-from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
+from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, SaveConfigCallback
 from lightning.pytorch.trainer.states import TrainerFn
 from lightning.pytorch.utilities.exceptions import MisconfigurationException
 from lightning.pytorch.utilities.model_helpers import is_overridden
@@ -337,6 +337,8 @@ class WeightDecayCLI(LightningCLI):
           every epoch, unless checkpointing is off or a ModelCheckpoint is given.
         * :class:`~wd_lightning.RandomStateCheckpoint`, unless one is given, so
           that a resumed fit continues the interrupted fit's random streams.
+        * No ``config.yaml`` when logging is off (``--trainer.logger false``):
+          there is no run directory to put it in.
         """
         config = self._get(self.config_init, "trainer", default={})
         if config.get("logger") in (None, True) and "logger" not in kwargs:
@@ -351,7 +353,14 @@ class WeightDecayCLI(LightningCLI):
         if not any(isinstance(callback, RandomStateCheckpoint) for callback in callbacks):
             callbacks.append(RandomStateCheckpoint())
         kwargs.setdefault("callbacks", [*callbacks, FitSummaryPrinter()])
-        return super().instantiate_trainer(**kwargs)
+        trainer = super().instantiate_trainer(**kwargs)
+        if trainer.logger is None:
+            # Without a logger the config would go to the working directory itself, and
+            # a second run there would fail on finding the first one's config.yaml.
+            trainer.callbacks = [
+                c for c in trainer.callbacks if not isinstance(c, SaveConfigCallback)
+            ]
+        return trainer
 
     # ------------------------------------------------------------------ sweep
     def _add_subcommands(self, parser: LightningArgumentParser, **kwargs: Any) -> None:
@@ -577,7 +586,7 @@ def fit_summary(trainer: Trainer) -> str:
     width = max(map(len, figures), default=0)
     lines = [f"fit finished after {trainer.global_step} optimizer steps"]
     lines += [f"  {tag:<{width}}  {value:.6g}" for tag, value in sorted(figures.items())]
-    if trainer.log_dir:
+    if trainer.logger is not None and trainer.log_dir:
         lines.append(
             f"logs: {trainer.log_dir}  (view: tensorboard --logdir {Path(trainer.log_dir).parent})"
         )
