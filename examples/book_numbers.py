@@ -63,9 +63,7 @@ def table(runs: dict[str, list[BookRun]]) -> str:
     """The five-seed Markdown table, median [min, max] of ‖w‖ and of the held-out ½-loss."""
 
     def spread(values: list[float]) -> str:
-        return (
-            f"{statistics.median(values):.3g} [{min(values):.3g}, {max(values):.3g}]"
-        )
+        return f"{statistics.median(values):.3g} [{min(values):.3g}, {max(values):.3g}]"
 
     lines = [
         "| config | λ | ‖w‖ median [min, max] | held-out ½-loss median [min, max] |",

@@ -13,9 +13,9 @@ from tests.fits import CONFIGS, REPO
 @pytest.mark.slow
 def test_wheel_ships_the_configs_and_they_are_found_by_name(tmp_path):
     pytest.importorskip("setuptools", reason="building the wheel needs setuptools")
+    pip_wheel = [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation"]
     build = subprocess.run(
-        [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation"]
-        + [str(REPO), "--wheel-dir", str(tmp_path / "dist"), "--quiet"],
+        [*pip_wheel, str(REPO), "--wheel-dir", str(tmp_path / "dist"), "--quiet"],
         capture_output=True,
         text=True,
         timeout=600,
@@ -39,11 +39,14 @@ def test_wheel_ships_the_configs_and_they_are_found_by_name(tmp_path):
     )
     assert result.returncode == 0, result.stderr
     assert "weight_decay: 0.0" in result.stdout
-    assert str(tmp_path / "installed") in subprocess.run(
-        [sys.executable, "-c", "import wd_lightning; print(wd_lightning.__file__)"],
-        cwd=tmp_path,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    ).stdout
+    assert (
+        str(tmp_path / "installed")
+        in subprocess.run(
+            [sys.executable, "-c", "import wd_lightning; print(wd_lightning.__file__)"],
+            cwd=tmp_path,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=300,
+        ).stdout
+    )
