@@ -14,7 +14,7 @@ from wd_lightning.sweep.run import SUMMARY_COLUMNS, sweep_members
 from wd_lightning.training.tensorboard import read_scalars
 
 QUIET = ["--trainer.enable_progress_bar", "false"]
-COMPARED_TAGS = ("train/loss", "val/loss", "weight_norm/decay", "weight_norm/no_decay")
+COMPARED_TAGS = ("train/loss", "val/loss", "val/mse", "weight_norm/decay", "weight_norm/no_decay")
 
 
 def _sweep(tmp_path, weight_decays, seeds, *extra, name="sweep"):
@@ -154,8 +154,44 @@ def test_outputs_one_run_per_member_and_the_tables(tmp_path, capsys):
     assert (output_dir / "ridge_curve.csv").exists() and (output_dir / "config.yaml").exists()
     out = capsys.readouterr().out
     assert "‖w*‖" in out and "summary.csv" in out
-    hparams = read_scalars(output_dir / "runs" / "wd=3_seed=1")
-    assert {"hp/val_loss", "hp/weight_norm"} <= set(hparams)
+    assert "val/mse" in read_scalars(output_dir / "runs" / "wd=3_seed=1")
+
+
+def _hparams_and_text(run_dir):
+    """A run's HParams entry (hyper-parameters, metric tags, session status) and Text tab."""
+    from tensorboard.backend.event_processing.event_accumulator import TENSORS, EventAccumulator
+    from tensorboard.plugins.hparams import metadata
+
+    events = EventAccumulator(str(run_dir), size_guidance={TENSORS: 0})
+    events.Reload()
+    content = events.PluginTagToContent(metadata.PLUGIN_NAME)
+    start = metadata.parse_session_start_info_plugin_data(content[metadata.SESSION_START_INFO_TAG])
+    end = metadata.parse_session_end_info_plugin_data(content[metadata.SESSION_END_INFO_TAG])
+    experiment = metadata.parse_experiment_plugin_data(content[metadata.EXPERIMENT_TAG])
+    params = {
+        name: value.number_value if value.HasField("number_value") else value.string_value
+        for name, value in start.hparams.items()
+    }
+    text = events.Tensors("param_groups/text_summary")[0].tensor_proto.string_val[0].decode()
+    metrics = sorted(info.name.tag for info in experiment.metric_infos)
+    return params, metrics, end.status, text
+
+
+def test_a_members_hparams_and_text_equal_its_fits_and_diverged_members_are_listed(tmp_path):
+    from tensorboard.plugins.hparams import api_pb2
+
+    epochs = ["--trainer.max_epochs", "20"]
+    output_dir = _sweep(tmp_path, [3, 1000], [1], *epochs)
+    _fit(tmp_path, 3, 1, *epochs)
+    fit = _hparams_and_text(tmp_path / "fit_wd3_seed1" / "lightning_logs" / "version_0")
+    member = _hparams_and_text(output_dir / "runs" / "wd=3_seed=1")
+    assert member == fit
+    params, metrics, status, _ = member
+    assert params["seed"] == 1 and params["lr"] == 0.003 and params["optimizer"] == "SGD"
+    assert metrics == ["train/loss", "val/loss", "val/mse", "weight_norm/total"]
+    assert status == api_pb2.STATUS_SUCCESS
+    params, _, status, _ = _hparams_and_text(output_dir / "runs" / "wd=1000_seed=1")
+    assert params["status"] == "diverged" and status == api_pb2.STATUS_FAILURE
 
 
 def test_the_sweep_reports_the_null_space_prediction(tmp_path):

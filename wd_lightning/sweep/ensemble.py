@@ -77,7 +77,8 @@ class WeightDecayEnsemble(LightningModule):
     Logged per member, through ``writers[i]`` (an object with
     ``add_scalars(values, step)``, e.g. :class:`~wd_lightning.training.tensorboard.RunWriter`),
     with the tags and steps a fit of that member writes: ``train/loss``,
-    ``val/loss`` and ``weight_norm/<group>`` / ``weight_norm/total``.
+    ``val/loss``, ``val/<metric>`` for the members' ``val_metrics``, and
+    ``weight_norm/<group>`` / ``weight_norm/total``.
 
     Args:
         members: the modules to train together (at least one).
@@ -109,6 +110,9 @@ class WeightDecayEnsemble(LightningModule):
         object.__setattr__(self, "_skeleton", template.model)
         object.__setattr__(self, "_loss", template.loss)
         object.__setattr__(self, "_template", template)
+        # Each member's own metrics (val/mse, ...), as its fit would log them; kept out
+        # of this module's state like the template.
+        object.__setattr__(self, "_member_metrics", [member.val_metrics for member in members])
 
         self.param_names = [name for name, _ in template.model.named_parameters()]
         self.buffer_names = [name for name, _ in template.model.named_buffers()]
@@ -196,7 +200,9 @@ class WeightDecayEnsemble(LightningModule):
 
     def member_losses(self, inputs: Tensor, targets: Tensor) -> Tensor:
         """The loss of every member on one batch, shape ``(members,)``."""
-        predictions = self(inputs)
+        return self._losses(self(inputs), targets)
+
+    def _losses(self, predictions: Tensor, targets: Tensor) -> Tensor:
         if type(self._loss) is HalfMSELoss:
             # The same ½·mean((ŷ − y)²), for all members in one expression.
             return 0.5 * (predictions - targets).square().flatten(1).mean(1)
@@ -288,9 +294,17 @@ class WeightDecayEnsemble(LightningModule):
 
     def validation_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:
         inputs, targets = batch
-        weighted = self.member_losses(inputs, targets).detach() * len(inputs)
+        predictions = self(inputs)
+        weighted = self._losses(predictions, targets).detach() * len(inputs)
         self._val_sum = weighted if self._val_sum is None else self._val_sum + weighted
         self._val_count += len(inputs)
+        if self.trainer.sanity_checking or not len(self._member_metrics[0]):
+            return
+        for metrics, prediction, alive in zip(
+            self._member_metrics, predictions.detach(), self.alive.tolist(), strict=True
+        ):
+            if alive:
+                metrics.to(prediction.device).update(prediction, targets)
 
     def on_validation_epoch_end(self) -> None:
         val_sum, count = self._val_sum, self._val_count
@@ -302,6 +316,17 @@ class WeightDecayEnsemble(LightningModule):
         self.record.val_loss.append((self.current_epoch, step, val_loss))
         if self.writers is not None:
             self._write({"val/loss": val_loss}, step)
+            self._write_member_metrics(step)
+
+    def _write_member_metrics(self, step: int) -> None:
+        if not len(self._member_metrics[0]):
+            return
+        members = zip(self.writers, self._member_metrics, self.alive.tolist(), strict=True)
+        for writer, metrics, is_alive in members:
+            if is_alive:
+                values = metrics.compute()
+                writer.add_scalars({tag: float(value) for tag, value in values.items()}, step)
+            metrics.reset()
 
     def on_train_end(self) -> None:
         if self.writers is not None:

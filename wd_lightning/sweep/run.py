@@ -7,7 +7,7 @@ with that λ and ``seed_everything(seed)`` would, trains them together as a
 
 * ``runs/wd=<λ>_seed=<seed>/``: one TensorBoard run per member, with the tags
   and steps of a fit (``tensorboard --logdir <output_dir>/runs`` overlays them),
-  and its λ and seed in the HPARAMS tab;
+  and the HPARAMS and Text entries of that fit, diverged members included;
 * ``summary.csv``: one row per member (see :data:`SUMMARY_COLUMNS`);
 * ``curves.csv``: the training and held-out loss of every member per epoch;
 * ``ridge_curve.csv``: the closed-form solution over a fine λ grid, when the
@@ -31,6 +31,7 @@ from torch import nn
 from wd_lightning.core import analysis
 from wd_lightning.core.errors import InvalidArgumentError
 from wd_lightning.sweep.ensemble import WeightDecayEnsemble
+from wd_lightning.training.hparams import final_metric_tags, hparams_summaries, run_hparams
 from wd_lightning.training.module import HalfMSELoss, WeightDecayModule
 from wd_lightning.training.tensorboard import RunWriter
 
@@ -191,7 +192,7 @@ def run_sweep(
         problem = _linear_problem(ensemble, datamodule)
         if problem is not None:
             _add_linear_analysis(rows, ensemble, problem, trainer, initial)
-        _write_hparams(writers, members, rows, trainer.global_step)
+        _write_hparams(writers, members, modules, datamodule, rows, trainer.global_step)
     finally:
         for writer in writers:
             writer.close()
@@ -392,18 +393,32 @@ def _curve_rows(members: list[SweepMember], ensemble: WeightDecayEnsemble) -> li
 
 
 def _write_hparams(
-    writers: list[RunWriter], members: list[SweepMember], rows: list[dict[str, Any]], step: int
+    writers: list[RunWriter],
+    members: list[SweepMember],
+    modules: list[WeightDecayModule],
+    datamodule: LightningDataModule,
+    rows: list[dict[str, Any]],
+    step: int,
 ) -> None:
-    """λ and seed in each run's HPARAMS tab, against its final held-out loss and ‖w‖."""
-    from torch.utils.tensorboard.summary import hparams
+    """Each run's HPARAMS entry and Text tab, as a fit of that member writes them.
 
-    for writer, member, row in zip(writers, members, rows, strict=True):
-        if row["status"] != "ok":
-            continue
-        metrics = {"hp/val_loss": row["val_loss"], "hp/weight_norm": row["total_weight_norm"]}
-        for summary in hparams({"weight_decay": member.weight_decay, "seed": member.seed}, metrics):
-            writer.add_summary(summary, 0)
-        writer.add_scalars({k: v for k, v in metrics.items() if not math.isnan(v)}, step)
+    The hyper-parameters are a fit's (:func:`run_hparams`) with the member's λ
+    and seed; a diverged member is listed too, with ``status`` ``diverged``,
+    as a failed session.
+    """
+    from torch.utils.tensorboard.summary import text
+
+    for writer, member, module, row in zip(writers, members, modules, rows, strict=True):
+        # The member's own optimizer, as its fit would build it: the ensemble's
+        # groups hold every member at once and λ = 0 (applied per member).
+        optimizer = module.configure_optimizers()
+        optimizer = optimizer["optimizer"] if isinstance(optimizer, dict) else optimizer
+        writer.add_summary(text("param_groups", module.param_groups_report.markdown(optimizer)), 0)
+        params = run_hparams(module, datamodule, optimizer, member.seed, status=row["status"])
+        tags = ["train/loss", "val/loss", "weight_norm/total"]
+        tags += [f"val/{name}" for name in module.val_metrics.keys(keep_base=True)]
+        for summary in hparams_summaries(params, final_metric_tags(tags), row["status"]):
+            writer.add_summary(summary, step)
 
 
 def _write_csv(path: Path, columns: Sequence[str], rows: list[dict[str, Any]]) -> None:

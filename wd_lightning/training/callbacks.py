@@ -23,6 +23,12 @@ from wd_lightning.core.norms import (
     squared_norms,
 )
 from wd_lightning.training.cadence import logged_step, logs_this_step
+from wd_lightning.training.hparams import (
+    final_metric_tags,
+    global_seed,
+    hparams_summaries,
+    run_hparams,
+)
 
 __all__ = ["WeightNormMonitor"]
 
@@ -78,13 +84,14 @@ class WeightNormMonitor(Callback):
             ``train_loss`` with ``val_loss``, and the group norms, on one chart
             each.
         log_hparams: when training ends, fill TensorBoard's HPARAMS tab with the
-            module's and datamodule's hyper-parameters and the final metrics
-            ``hp/weight_norm`` (the final total norm) and ``hp/val_loss`` (the
-            last ``val_loss``, if the run validated). Give the
-            ``TensorBoardLogger`` ``default_hp_metric=False``, or the tab also
-            shows Lightning's placeholder ``hp_metric``.
+            run's hyper-parameters (:func:`~wd_lightning.training.hparams.run_hparams`:
+            the module's and datamodule's, the optimizer, its learning rate and
+            the seed) against the last points of ``train/loss``, ``val/*`` and
+            ``weight_norm/total``. Give the ``TensorBoardLogger``
+            ``default_hp_metric=False``, or the tab also shows Lightning's
+            placeholder ``hp_metric``.
         train_loss: tag of the training loss, for the custom-scalars chart.
-        val_loss: tag of the validation loss, for the chart and ``hp/val_loss``.
+        val_loss: tag of the validation loss, for the chart.
 
     Example:
         >>> import torch
@@ -160,15 +167,12 @@ class WeightNormMonitor(Callback):
         self._pending = []
         if not trainer.loggers or not trainer.optimizers:
             return
-        totals = []
         for optimizer in trainer.optimizers:
             plan = self._plan(trainer, pl_module, optimizer)
             if trainer.is_global_zero or plan.sharded:
-                squares = squared_norms(plan.tensors)
-                totals.append(squares.sum())
-                self._write(trainer, plan, squares, logged_step(trainer))
-        if self.log_hparams and trainer.is_global_zero and totals:
-            self._write_hparams(trainer, pl_module, torch.stack(totals).sum().sqrt().item())
+                self._write(trainer, plan, squared_norms(plan.tensors), logged_step(trainer))
+        if self.log_hparams and trainer.is_global_zero:
+            self._write_hparams(trainer, pl_module)
 
     # ------------------------------------------------------------ public maths
     @staticmethod
@@ -285,16 +289,16 @@ class WeightNormMonitor(Callback):
             charts["weight norm per module"] = ["Multiline", [r"^weight_norm/module/"]]
         return {"weight decay": charts}
 
-    def _write_hparams(self, trainer: Trainer, pl_module: LightningModule, total: float) -> None:
-        metrics = {"hp/weight_norm": total}
-        val_loss = trainer.callback_metrics.get(self.val_loss)
-        if val_loss is not None:
-            metrics["hp/val_loss"] = float(val_loss)
+    def _write_hparams(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        optimizer = trainer.optimizers[0] if trainer.optimizers else None
         datamodule = getattr(trainer, "datamodule", None)
-        params = {**getattr(datamodule, "hparams", {}), **pl_module.hparams}
+        params = run_hparams(pl_module, datamodule, optimizer, global_seed())
+        tags = final_metric_tags([*trainer.callback_metrics, "weight_norm/total"])
+        summaries = hparams_summaries(params, tags)
         for logger in trainer.loggers:
             if isinstance(logger, TensorBoardLogger):
-                logger.log_hyperparams(params, metrics, step=logged_step(trainer))
+                for summary in summaries:
+                    logger.experiment.file_writer.add_summary(summary, logged_step(trainer))
 
 
 @dataclass
