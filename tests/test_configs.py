@@ -66,6 +66,14 @@ def test_docs_quote_the_measured_five_seed_table(book_numbers):
     page = (REPO / "docs" / "book.md").read_text()
     assert script["table"](runs) in page
     assert f"by a factor of {script['ratio'](runs)}" in page
+    # The summary a seed-0 run prints, as the page shows it (fit_summary's layout).
+    run = runs["d2l_weight_decay"][0]
+    for tag, value in [
+        ("train/loss", run.train_loss),
+        ("val/loss", run.val_loss),
+        ("weight_norm/decay", run.weight_norm),
+    ]:
+        assert f"\n  {tag:<20}  {value:.6g}\n" in page, tag
 
 
 @pytest.mark.slow

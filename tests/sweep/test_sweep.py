@@ -14,7 +14,7 @@ from wd_lightning.sweep.run import SUMMARY_COLUMNS, sweep_members
 from wd_lightning.training.tensorboard import read_scalars
 
 QUIET = ["--trainer.enable_progress_bar", "false"]
-COMPARED_TAGS = ("train/loss", "val/loss", "val/mse", "weight_norm/decay", "weight_norm/no_decay")
+COMPARED_TAGS = ("train/loss", "val/loss", "weight_norm/decay", "weight_norm/no_decay")
 
 
 def _sweep(tmp_path, weight_decays, seeds, *extra, name="sweep"):
@@ -63,7 +63,10 @@ def _close(ours: float, theirs: float) -> bool:
 
 def _assert_member_equals_fit(output_dir, weight_decay, seed, fit_scalars):
     run = read_scalars(output_dir / "runs" / f"wd={weight_decay:g}_seed={seed}")
-    for tag in COMPARED_TAGS:
+    # The fit's own validation metrics too (val/mse, val/accuracy, ...).
+    metrics = sorted(tag for tag in fit_scalars if tag.startswith("val/") and tag != "val/loss")
+    assert metrics
+    for tag in [*COMPARED_TAGS, *metrics]:
         steps = [step for step, _ in fit_scalars[tag]]
         assert [step for step, _ in run[tag]] == steps, tag
         for (_, ours), (_, theirs) in zip(run[tag], fit_scalars[tag], strict=True):
