@@ -35,7 +35,7 @@ def describe_config(path: Path) -> str:
 
     Example:
         >>> describe_config(shipped_configs()["d2l_weight_decay"])
-        "The article's experiment with weight decay (Dive into Deep Learning, \\"Weight Decay\\")."
+        "The article's experiment with weight decay: λ = 3 on the same model and data."
     """
     for line in path.read_text(encoding="utf-8").splitlines():
         if line.startswith("#") and line.lstrip("# ").strip():
@@ -71,8 +71,9 @@ def resolve_config_arguments(args: Sequence[str]) -> list[str]:
     """``args`` with every ``--config NAME`` (or ``-c NAME``, ``--config=NAME``) resolved.
 
     Example:
-        >>> [Path(arg).name for arg in resolve_config_arguments(["fit", "--config=sweep"])]
-        ['fit', '--config=sweep.yaml']
+        >>> subcommand, config = resolve_config_arguments(["fit", "--config=sweep"])
+        >>> subcommand, config.startswith("--config=/"), Path(config).name
+        ('fit', True, 'sweep.yaml')
     """
     resolved = list(args)
     for index, arg in enumerate(resolved):

@@ -29,10 +29,16 @@ from lightning.pytorch import LightningDataModule, Trainer, seed_everything
 from torch import nn
 
 from wd_lightning.core import analysis
-from wd_lightning.core.errors import InvalidArgumentError
+from wd_lightning.core.errors import (
+    InvalidArgumentError,
+    check_distinct,
+    check_finite_non_negative,
+    check_int_at_least,
+)
+from wd_lightning.core.losses import HalfMSELoss
 from wd_lightning.sweep.ensemble import WeightDecayEnsemble
-from wd_lightning.training.hparams import final_metric_tags, hparams_summaries, run_hparams
-from wd_lightning.training.module import HalfMSELoss, WeightDecayModule
+from wd_lightning.training.hparams import log_final_hparams
+from wd_lightning.training.module import WeightDecayModule
 from wd_lightning.training.tensorboard import RunWriter
 
 __all__ = [
@@ -100,22 +106,12 @@ def sweep_members(weight_decays: Iterable[Any], seeds: Iterable[Any]) -> list[Sw
         ['wd=0_seed=0', 'wd=0_seed=1', 'wd=3_seed=0', 'wd=3_seed=1']
     """
     weight_decays, seeds = list(weight_decays), list(seeds)
-    if not weight_decays:
-        raise InvalidArgumentError("weight_decays", weight_decays, "a non-empty list of λ")
+    check_distinct("weight_decays", weight_decays, "λ values")
     for value in weight_decays:
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise InvalidArgumentError("weight_decays", value, "numbers (λ values)")
-        if not (math.isfinite(value) and value >= 0):
-            raise InvalidArgumentError("weight_decays", value, "finite numbers >= 0")
-    if len(set(weight_decays)) != len(weight_decays):
-        raise InvalidArgumentError("weight_decays", weight_decays, "distinct values")
-    if not seeds:
-        raise InvalidArgumentError("seeds", seeds, "a non-empty list of integer seeds")
+        check_finite_non_negative("weight_decays", value)
+    check_distinct("seeds", seeds, "integer seeds")
     for seed in seeds:
-        if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
-            raise InvalidArgumentError("seeds", seed, "integers >= 0")
-    if len(set(seeds)) != len(seeds):
-        raise InvalidArgumentError("seeds", seeds, "distinct values")
+        check_int_at_least("seeds", seed, 0)
     return [SweepMember(float(wd), seed) for wd in weight_decays for seed in seeds]
 
 
@@ -402,9 +398,9 @@ def _write_hparams(
 ) -> None:
     """Each run's HPARAMS entry and Text tab, as a fit of that member writes them.
 
-    The hyper-parameters are a fit's (:func:`run_hparams`) with the member's λ
-    and seed; a diverged member is listed too, with ``status`` ``diverged``,
-    as a failed session.
+    The hyper-parameters are a fit's (:func:`~wd_lightning.training.hparams.run_hparams`)
+    with the member's λ and seed; a diverged member is listed too, with
+    ``status`` ``diverged``, as a failed session.
     """
     from torch.utils.tensorboard.summary import text
 
@@ -414,11 +410,18 @@ def _write_hparams(
         optimizer = module.configure_optimizers()
         optimizer = optimizer["optimizer"] if isinstance(optimizer, dict) else optimizer
         writer.add_summary(text("param_groups", module.param_groups_report.markdown(optimizer)), 0)
-        params = run_hparams(module, datamodule, optimizer, member.seed, status=row["status"])
         tags = ["train/loss", "val/loss", "weight_norm/total"]
         tags += [f"val/{name}" for name in module.val_metrics.keys(keep_base=True)]
-        for summary in hparams_summaries(params, final_metric_tags(tags), row["status"]):
-            writer.add_summary(summary, step)
+        log_final_hparams(
+            [writer],
+            module,
+            datamodule,
+            optimizer=optimizer,
+            seed=member.seed,
+            metric_tags=tags,
+            step=step,
+            status=row["status"],
+        )
 
 
 def _write_csv(path: Path, columns: Sequence[str], rows: list[dict[str, Any]]) -> None:

@@ -16,19 +16,14 @@ from torch.optim import Optimizer
 
 from wd_lightning.core.errors import InvalidArgumentError, check_int_at_least
 from wd_lightning.core.norms import (
-    _dtensor_type,
     segment_norms,
     snapshot,
     squared_distances,
     squared_norms,
 )
+from wd_lightning.core.sharding import is_sharded, whole
 from wd_lightning.training.cadence import logged_step, logs_this_step
-from wd_lightning.training.hparams import (
-    final_metric_tags,
-    global_seed,
-    hparams_summaries,
-    run_hparams,
-)
+from wd_lightning.training.hparams import global_seed, log_final_hparams
 
 __all__ = ["WeightNormMonitor"]
 
@@ -228,14 +223,11 @@ class WeightNormMonitor(Callback):
     def _histograms(self, trainer: Trainer, plan: _Plan) -> dict[str, Tensor]:
         if not any(isinstance(logger, TensorBoardLogger) for logger in trainer.loggers):
             return {}
-        dtensor = _dtensor_type()
         result = {}
         for name, tensor in zip(plan.param_names, plan.tensors, strict=True):
-            whole = tensor.detach()
-            if dtensor is not None and isinstance(whole, dtensor):
-                whole = whole.full_tensor()  # a collective: every rank gathers
+            gathered = whole(tensor.detach())  # a collective for a DTensor: every rank gathers
             if trainer.is_global_zero:
-                result[f"weight_hist/{plan.prefix}{name}"] = whole.float().cpu()
+                result[f"weight_hist/{plan.prefix}{name}"] = gathered.float().cpu()
         return result
 
     def _write_update_ratio(self, trainer: Trainer, update: _PendingUpdate) -> None:
@@ -290,15 +282,15 @@ class WeightNormMonitor(Callback):
         return {"weight decay": charts}
 
     def _write_hparams(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        optimizer = trainer.optimizers[0] if trainer.optimizers else None
-        datamodule = getattr(trainer, "datamodule", None)
-        params = run_hparams(pl_module, datamodule, optimizer, global_seed())
-        tags = final_metric_tags([*trainer.callback_metrics, "weight_norm/total"])
-        summaries = hparams_summaries(params, tags)
-        for logger in trainer.loggers:
-            if isinstance(logger, TensorBoardLogger):
-                for summary in summaries:
-                    logger.experiment.file_writer.add_summary(summary, logged_step(trainer))
+        log_final_hparams(
+            [logger for logger in trainer.loggers if isinstance(logger, TensorBoardLogger)],
+            pl_module,
+            getattr(trainer, "datamodule", None),
+            optimizer=trainer.optimizers[0] if trainer.optimizers else None,
+            seed=global_seed(),
+            metric_tags=[*trainer.callback_metrics, "weight_norm/total"],
+            step=logged_step(trainer),
+        )
 
 
 @dataclass
@@ -343,7 +335,6 @@ class _Plan:
         modules = [name.rpartition(".")[0] or ROOT_MODULE for name in param_names]
         module_order = list(dict.fromkeys(modules))
         device = tensors[0].device if tensors else torch.device("cpu")
-        dtensor = _dtensor_type()
         return cls(
             tensors=tensors,
             param_names=param_names,
@@ -355,7 +346,7 @@ class _Plan:
             param_tags=[f"weight_norm/{prefix}param/{name}" for name in param_names],
             module_tags=[f"weight_norm/{prefix}module/{name}" for name in module_order],
             prefix=prefix,
-            sharded=dtensor is not None and any(isinstance(t, dtensor) for t in tensors),
+            sharded=any(is_sharded(t) for t in tensors),
             group_ids=torch.tensor(group_ids, dtype=torch.long, device=device),
             module_ids=torch.tensor(
                 [module_order.index(m) for m in modules], dtype=torch.long, device=device

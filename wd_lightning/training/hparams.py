@@ -2,7 +2,7 @@
 
 One table compares runs only if every run describes itself with the same
 keys: a fit (through :class:`~wd_lightning.WeightNormMonitor`) and each
-member of a sweep both use :func:`run_hparams` and :func:`hparams_summaries`.
+member of a sweep both write it with :func:`log_final_hparams`.
 
 The tab's metrics are the run's own curves (``train/loss``, ``val/loss``,
 ``val/<metric>``, ``weight_norm/total``): TensorBoard shows the last point of
@@ -16,7 +16,14 @@ import os
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-__all__ = ["final_metric_tags", "global_seed", "hparams_summaries", "run_hparams"]
+__all__ = [
+    "HEADLINE_HPARAMS",
+    "final_metric_tags",
+    "global_seed",
+    "hparams_summaries",
+    "log_final_hparams",
+    "run_hparams",
+]
 
 HParamValue = float | int | str | bool
 #: The columns the HParams table shows first, and by default.
@@ -144,3 +151,39 @@ def hparams_summaries(
         )
         end = Summary(value=[value])
     return [experiment, start, end]
+
+
+def log_final_hparams(
+    targets: Iterable[Any],
+    module: Any,
+    datamodule: Any,
+    *,
+    optimizer: Any,
+    seed: int | None,
+    metric_tags: Iterable[str],
+    step: int,
+    status: str = "ok",
+) -> None:
+    """Fill the HPARAMS tab of every target with the run's hyper-parameters, at its last step.
+
+    Args:
+        targets: ``TensorBoardLogger`` s, or anything with ``add_summary(summary, step)``
+            (the sweep's :class:`~wd_lightning.training.tensorboard.RunWriter`).
+        module: the trained module; its saved hyper-parameters are shown.
+        datamodule: the data module, or ``None``.
+        optimizer: the optimizer the run built (its class and learning rate are shown).
+        seed: the seed of the initial weights, or ``None`` if unknown.
+        metric_tags: the tags the run logged; :func:`final_metric_tags` picks the metrics.
+        step: the run's last step.
+        status: ``ok``, or ``diverged``.
+
+    Lightning's ``log_hyperparams`` is not used: it would also write each metric
+    again as a one-point scalar, and it writes nothing without metrics.
+    """
+    params = run_hparams(module, datamodule, optimizer, seed, status)
+    summaries = hparams_summaries(params, final_metric_tags(metric_tags), status)
+    for target in targets:
+        # A TensorBoardLogger writes through its SummaryWriter's event file.
+        writer = target.experiment.file_writer if hasattr(target, "experiment") else target
+        for summary in summaries:
+            writer.add_summary(summary, step)
