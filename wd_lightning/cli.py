@@ -52,12 +52,9 @@ SUBCOMMANDS = {
 }
 # The options of this package that --help lists first, before Lightning's: (option,
 # a value that parses, what it does). The tests parse every one of them.
+_CONFIG_HELP = "a shipped config by name (the bare command lists them) or a file"
 LEAD_OPTIONS = (
-    (
-        "--config",
-        "d2l_weight_decay",
-        "a shipped config by name (the bare command lists them) or a file",
-    ),
+    ("--config", "d2l_weight_decay", _CONFIG_HELP),
     ("--model.weight_decay", "3.0", "λ of the penalty λ/2·‖w‖² on the decay group (default 3)"),
     ("--model.optimizer", "torch.optim.AdamW", "the optimizer class (default torch.optim.SGD)"),
     ("--model.optimizer.lr", "0.003", "its learning rate; any of its options works the same way"),
@@ -147,7 +144,7 @@ def lead_help(subcommand: str) -> str:
         >>> print(lead_help("fit").splitlines()[0])
         The options of this package (all options, Lightning's included, follow):
     """
-    rows = [(option, value, text) for option, value, text in LEAD_OPTIONS]
+    rows = list(LEAD_OPTIONS)
     if subcommand in ("validate", "test"):
         rows.insert(0, ("--ckpt_path", "PATH", "the trained run to score (required)"))
     else:
@@ -156,11 +153,7 @@ def lead_help(subcommand: str) -> str:
         dropped = ("--config", "--model.weight_decay", "--seed_everything", "--ckpt_path")
         rows = [row for row in rows if row[0] not in dropped]
         rows[0:0] = [
-            (
-                "--config",
-                "sweep",
-                "a shipped config by name (the bare command lists them) or a file",
-            ),
+            ("--config", "sweep", _CONFIG_HELP),
             ("--weight_decays", "[0,3]", "the λ values of the grid"),
             ("--seeds", "[0,1]", "the seeds of the initial weights"),
             ("--output_dir", "DIR", "where runs, tables and figures go"),
@@ -216,13 +209,22 @@ class WeightDecayCLI(LightningCLI):
     * a :class:`~wd_lightning.WeightNormMonitor` is always attached,
       configurable as ``--weight_norm.*``;
     * the seed defaults to 0, so a run with no arguments is reproducible;
+    * ``--config`` also takes the name of a shipped config
+      (:mod:`wd_lightning.config_files`), ``--help`` starts with this
+      package's options (:data:`LEAD_OPTIONS`), and there is no ``predict``;
+    * ``validate`` and ``test`` refuse to run without ``--ckpt_path``, which
+      would score the untrained initial weights;
+    * the run directory is claimed atomically
+      (:class:`~wd_lightning.training.rundir.ClaimingTensorBoardLogger`), so runs
+      started together in one folder never share one;
     * Lightning's model summary is off (the parameter-group report replaces
       it), checkpoints follow :func:`default_checkpoint` and carry the global
       random state (:class:`~wd_lightning.RandomStateCheckpoint`);
     * ``--ckpt_path`` is checked before anything is built: a missing,
       truncated or foreign file, or a checkpoint of another model, is a
       one-line :class:`~wd_lightning.core.errors.CheckpointError`;
-    * a run that fails before its first optimizer step leaves no run directory;
+    * a run that fails before its first optimizer step leaves no run directory
+      (only the one it claimed is removed);
     * SIGTERM, or a first SIGINT (Ctrl+C), stops a fit after the current batch
       with a checkpoint, and raises :class:`~wd_lightning.TrainingInterruptedError`
       naming it (see :mod:`wd_lightning.training.interrupts`);
@@ -273,8 +275,7 @@ class WeightDecayCLI(LightningCLI):
             "-c",
             "--config",
             action=ActionConfigFile,
-            help="a shipped config by name (e.g. d2l_weight_decay; the bare command lists "
-            "them) or a YAML file",
+            help=_CONFIG_HELP,
         )
         return parser
 
