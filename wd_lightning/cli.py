@@ -682,6 +682,9 @@ def main(args: Sequence[str] | None = None) -> None:
     # Lightning calls jsonargparse APIs that warn on every run; users cannot act on it.
     warnings.filterwarnings("ignore", category=JsonargparseDeprecationWarning)
     warnings.filterwarnings("ignore", message=r".*isinstance.treespec, LeafSpec.* is deprecated")
+    # A resumed fit, validate and test log to a new version_N, so the checkpoint's folder
+    # always differs from the run's: Lightning warns about it every time.
+    warnings.filterwarnings("ignore", message=r"The dirpath has changed from")
     argv = list(sys.argv[1:] if args is None else args)
     if not argv:
         print(overview())
