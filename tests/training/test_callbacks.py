@@ -382,7 +382,7 @@ def test_hparams_tab_gets_hyperparameters_and_final_metrics(tmp_path):
     ]
     # The columns TensorBoard shows first.
     assert sorted(info.name for info in experiment.hparam_infos if info.differs) == [
-        "batch_size", "lr", "optimizer", "seed", "status", "weight_decay",
+        "lr", "optimizer", "seed", "status", "weight_decay",
     ]  # fmt: skip
     start = metadata.parse_session_start_info_plugin_data(content[metadata.SESSION_START_INFO_TAG])
     shown = {

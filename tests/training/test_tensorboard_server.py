@@ -130,8 +130,8 @@ def test_served_hparams_hold_hyperparameters_and_final_metrics(finished_run, ser
         h["name"] for h in infos
     }
     # Served in this order, the first columns are the ones runs are compared by.
-    assert [h["name"] for h in infos[:6]] == [
-        "batch_size", "lr", "optimizer", "seed", "status", "weight_decay",
+    assert [h["name"] for h in infos[:5]] == [
+        "lr", "optimizer", "seed", "status", "weight_decay",
     ]  # fmt: skip
     request = {
         "experimentName": "",

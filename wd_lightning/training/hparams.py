@@ -26,8 +26,9 @@ __all__ = [
 ]
 
 HParamValue = float | int | str | bool
-#: The columns the HParams table shows first, and by default.
-HEADLINE_HPARAMS = ("weight_decay", "lr", "optimizer", "seed", "batch_size", "status")
+#: The columns the HParams table shows first and by default (TensorBoard shows five; the
+#: others, batch_size among them, are one click away in its list of hyper-parameters).
+HEADLINE_HPARAMS = ("weight_decay", "lr", "optimizer", "seed", "status")
 
 
 def run_hparams(
