@@ -55,3 +55,11 @@ def test_the_test_command_ci_runs_is_the_readmes():
     command = 'pip install -e ".[test]" && pytest'
     assert command in README
     assert command in (REPO / ".ci" / "run").read_text()
+
+
+def test_timescale_report_shown_is_the_book_runs():
+    from wd_lightning import LinearRegression
+
+    module = LinearRegression()  # the book's λ = 3, SGD at lr 0.003; 4 steps per epoch
+    report = module.param_groups_report.summary(module.configure_optimizers(), steps_per_epoch=4)
+    assert report in SHOWN

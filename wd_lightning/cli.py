@@ -49,6 +49,7 @@ SUBCOMMANDS = {
     "test": "score a trained checkpoint (--ckpt_path) on the test set, which fit never sees",
     "sweep": "train a λ × seed grid in one vectorised fit and compare it with ridge",
     "plot": "draw a sweep's figures again from its tables",
+    "check-optimizer": "identify which weight-decay rule an optimizer follows",
 }
 # The options of this package that --help lists first, before Lightning's: (option,
 # a value that parses, what it does). The tests parse every one of them.
@@ -388,7 +389,7 @@ class WeightDecayCLI(LightningCLI):
         parser._subcommands_action.add_subcommand(
             "plot", ArgumentParser(), help=_sentence(SUBCOMMANDS["plot"])
         )
-        for choice in parser._subcommands_action._choices_actions:
+        for choice in parser._subcommands_action._choices_actions:  # check-optimizer: in main
             choice.help = _sentence(SUBCOMMANDS[choice.dest])
 
     def _run_subcommand(self, subcommand: str) -> None:
@@ -692,6 +693,10 @@ def main(args: Sequence[str] | None = None) -> None:
     try:
         if argv[:1] == ["plot"]:
             plot(argv[1:])
+        elif argv[:1] == ["check-optimizer"]:
+            from wd_lightning.testing.check_optimizer import check_optimizer
+
+            raise SystemExit(check_optimizer(argv[1:], prog=f"{PROG} check-optimizer"))
         else:
             # args=None lets Lightning read sys.argv itself (it warns when given both).
             WeightDecayCLI(args=None if args is None else argv)
