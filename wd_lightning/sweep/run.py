@@ -38,7 +38,7 @@ from wd_lightning.core.errors import (
 from wd_lightning.core.losses import HalfMSELoss
 from wd_lightning.sweep.ensemble import WeightDecayEnsemble
 from wd_lightning.training.hparams import log_final_hparams
-from wd_lightning.training.module import WeightDecayModule
+from wd_lightning.training.module import WeightDecayModule, steps_per_epoch_of
 from wd_lightning.training.tensorboard import RunWriter
 
 __all__ = [
@@ -195,7 +195,7 @@ def run_sweep(
         problem = _linear_problem(ensemble, datamodule)
         if problem is not None:
             _add_linear_analysis(rows, ensemble, problem, trainer, initial)
-        _write_hparams(writers, members, modules, datamodule, rows, trainer.global_step)
+        _write_hparams(writers, members, modules, datamodule, rows, trainer)
     finally:
         for writer in writers:
             writer.close()
@@ -436,7 +436,7 @@ def _write_hparams(
     modules: list[WeightDecayModule],
     datamodule: LightningDataModule,
     rows: list[dict[str, Any]],
-    step: int,
+    trainer: Trainer,
 ) -> None:
     """Each run's HPARAMS entry and Text tab, as a fit of that member writes them.
 
@@ -451,7 +451,8 @@ def _write_hparams(
         # groups hold every member at once and λ = 0 (applied per member).
         optimizer = module.configure_optimizers()
         optimizer = optimizer["optimizer"] if isinstance(optimizer, dict) else optimizer
-        writer.add_summary(text("param_groups", module.param_groups_report.markdown(optimizer)), 0)
+        report = module.param_groups_report.markdown(optimizer, steps_per_epoch_of(trainer))
+        writer.add_summary(text("param_groups", report), 0)
         tags = ["train/loss", "val/loss", "weight_norm/total"]
         tags += [f"val/{name}" for name in module.val_metrics.keys(keep_base=True)]
         log_final_hparams(
@@ -461,7 +462,7 @@ def _write_hparams(
             optimizer=optimizer,
             seed=member.seed,
             metric_tags=tags,
-            step=step,
+            step=trainer.global_step,
             status=row["status"],
         )
 
