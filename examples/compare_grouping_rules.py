@@ -2,7 +2,7 @@
 
     python examples/compare_grouping_rules.py
 
-prints the Markdown table shown in the README. The other rules are
+prints the Markdown table shown in docs/grouping.md. The other rules are
 re-implemented here from their published descriptions (timm's
 ``param_groups_weight_decay``, nanoGPT's ``configure_optimizers``, Hugging Face
 Trainer's ``get_decay_parameter_names``); they are emulations for comparison,

@@ -8,7 +8,7 @@ per λ, see :func:`_build_members`), trains them together as a
 
 * ``runs/wd=<λ>_seed=<seed>/``: one TensorBoard run per member, with the tags
   and steps of a fit (``tensorboard --logdir <output_dir>/runs`` overlays them),
-  and its λ and seed in the HPARAMS tab;
+  and the HPARAMS and Text entries of that fit, diverged members included;
 * ``summary.csv``: one row per member (see :data:`SUMMARY_COLUMNS`);
 * ``curves.csv``: the training and held-out loss of every member per epoch,
   written epoch by epoch as the sweep trains;
@@ -52,7 +52,7 @@ from wd_lightning.sweep.distributed import (
 )
 from wd_lightning.sweep.ensemble import WeightDecayEnsemble
 from wd_lightning.training.hparams import log_final_hparams
-from wd_lightning.training.module import WeightDecayModule
+from wd_lightning.training.module import WeightDecayModule, steps_per_epoch_of
 from wd_lightning.training.scalar_runs import ScalarRuns
 
 __all__ = [
@@ -228,17 +228,8 @@ def run_sweep(
         problem = _linear_problem(ensemble, datamodule)
         if problem is not None:
             _add_linear_analysis(rows, ensemble, problem, trainer, initial)
-        for run, (described, member, row) in enumerate(zip(described_by, local, rows, strict=True)):
-            if row["status"] == "ok":
-                log_final_hparams(
-                    [writers.run(run)],
-                    described,
-                    datamodule,
-                    weight_norm=row["total_weight_norm"],
-                    val_loss=row["val_loss"],
-                    step=trainer.global_step,
-                    seed=member.seed,
-                )
+        runs = [writers.run(index) for index in range(len(local))]
+        _write_hparams(runs, local, described_by, datamodule, rows, trainer)
     finally:
         writers.close()
         curves.close()
@@ -632,6 +623,47 @@ def _ridge_curve(
         }
         for weight_decay, solution in zip(grid, solutions, strict=True)
     ]
+
+
+def _write_hparams(
+    writers: list[Any],
+    members: list[SweepMember],
+    modules: list[WeightDecayModule],
+    datamodule: LightningDataModule,
+    rows: list[dict[str, Any]],
+    trainer: Trainer,
+) -> None:
+    """Each run's HPARAMS entry and Text tab, as a fit of that member writes them.
+
+    The hyper-parameters are a fit's (:func:`~wd_lightning.training.hparams.run_hparams`)
+    with the member's λ and seed; a diverged member is listed too, with
+    ``status`` ``diverged``, as a failed session.
+    """
+    from torch.utils.tensorboard.summary import text
+
+    built: dict[int, tuple[Any, Any]] = {}  # members of one λ share a module: build once
+    for writer, member, module, row in zip(writers, members, modules, rows, strict=True):
+        if id(module) not in built:
+            # The member's own optimizer, as its fit would build it: the ensemble's
+            # groups hold every member at once and λ = 0 (applied per member).
+            optimizer = module.configure_optimizers()
+            optimizer = optimizer["optimizer"] if isinstance(optimizer, dict) else optimizer
+            report = module.param_groups_report.markdown(optimizer, steps_per_epoch_of(trainer))
+            built[id(module)] = optimizer, text("param_groups", report)
+        optimizer, report_summary = built[id(module)]
+        writer.add_summary(report_summary, 0)
+        tags = ["train/loss", "val/loss", "weight_norm/total"]
+        tags += [f"val/{name}" for name in module.val_metrics.keys(keep_base=True)]
+        log_final_hparams(
+            [writer],
+            module,
+            datamodule,
+            optimizer=optimizer,
+            seed=member.seed,
+            metric_tags=tags,
+            step=trainer.global_step,
+            status=row["status"],
+        )
 
 
 def _write_csv(path: Path, columns: Sequence[str], rows: list[dict[str, Any]]) -> None:

@@ -33,51 +33,17 @@ from torch import Tensor
 from torch.utils.tensorboard import FileWriter, SummaryWriter
 
 from wd_lightning.core.errors import check_finite_positive
+from wd_lightning.training.rundir import ClaimingTensorBoardLogger
 from wd_lightning.training.tensorboard import EventFile
 
 __all__ = ["BufferedTensorBoardLogger", "FlushLoggersAtEpochEnd", "TimedProgressBar"]
 
 
-class BufferedTensorBoardLogger(TensorBoardLogger):
-    """Lightning's ``TensorBoardLogger``, minus the work it does after every write.
+class _SynchronousEvents(TensorBoardLogger):
+    """The part of :class:`BufferedTensorBoardLogger` that writes: see there."""
 
-    The event files hold the same events, at the same steps and in the same
-    order, as ``TensorBoardLogger``'s; ``logger.experiment`` is still a
-    ``SummaryWriter`` (``add_text``, ``add_histogram``, ... work as before).
-    What changes is when the bytes reach the disk:
-
-    * every event is on disk at most ``flush_seconds`` after it was written,
-      so a killed process loses at most the last ``flush_seconds`` of logs
-      (and TensorBoard shows new points that much later at the most);
-    * at the end of every training epoch, when the trainer has a
-      :class:`FlushLoggersAtEpochEnd` callback (the CLI adds one);
-    * when the run ends, however it ends (``finalize``).
-
-    ``hparams.yaml`` is written once, on the first ``save()`` after the run
-    folder exists, with the hyper-parameters known then: the file Lightning's
-    logger leaves behind, without a file-system check after every write.
-
-    Args:
-        save_dir: as for ``TensorBoardLogger``.
-        flush_seconds: the longest an event waits in memory, in seconds (> 0).
-        **kwargs: any other ``TensorBoardLogger`` argument (``name``,
-            ``version``, ``default_hp_metric``, ``sub_dir``, ...).
-
-    Example:
-        >>> import tempfile
-        >>> with tempfile.TemporaryDirectory() as folder:
-        ...     logger = BufferedTensorBoardLogger(folder, flush_seconds=5)
-        ...     logger.log_metrics({"train/loss": 0.5}, step=3)
-        ...     logger.finalize("success")
-        ...     from wd_lightning.training.tensorboard import read_scalars
-        ...     read_scalars(logger.log_dir)
-        {'train/loss': [(3, 0.5)]}
-    """
-
-    def __init__(self, save_dir: str | os.PathLike, flush_seconds: float = 2.0, **kwargs: Any):
-        self.flush_seconds = check_finite_positive("flush_seconds", flush_seconds)
-        super().__init__(save_dir, **kwargs)
-        self._hparams_file_written = False
+    flush_seconds: float
+    _hparams_file_written: bool
 
     @property
     @rank_zero_experiment
@@ -137,6 +103,51 @@ class BufferedTensorBoardLogger(TensorBoardLogger):
         """Hand every event written so far to the operating system."""
         if self._experiment is not None:
             self._experiment.flush()
+
+
+class BufferedTensorBoardLogger(ClaimingTensorBoardLogger, _SynchronousEvents):
+    """Lightning's ``TensorBoardLogger``, minus the work it does after every write.
+
+    The event files hold the same events, at the same steps and in the same
+    order, as ``TensorBoardLogger``'s; ``logger.experiment`` is still a
+    ``SummaryWriter`` (``add_text``, ``add_histogram``, ... work as before).
+    What changes is when the bytes reach the disk:
+
+    * every event is on disk at most ``flush_seconds`` after it was written,
+      so a killed process loses at most the last ``flush_seconds`` of logs
+      (and TensorBoard shows new points that much later at the most);
+    * at the end of every training epoch, when the trainer has a
+      :class:`FlushLoggersAtEpochEnd` callback (the CLI adds one);
+    * when the run ends, however it ends (``finalize``).
+
+    ``hparams.yaml`` is written once, on the first ``save()`` after the run
+    folder exists, with the hyper-parameters known then: the file Lightning's
+    logger leaves behind, without a file-system check after every write. Like
+    :class:`~wd_lightning.training.rundir.ClaimingTensorBoardLogger`, it claims
+    its ``version_N`` folder atomically and leaves out Lightning's ``epoch``
+    scalar.
+
+    Args:
+        save_dir: as for ``TensorBoardLogger``.
+        flush_seconds: the longest an event waits in memory, in seconds (> 0).
+        **kwargs: any other ``TensorBoardLogger`` argument (``name``,
+            ``version``, ``default_hp_metric``, ``sub_dir``, ...).
+
+    Example:
+        >>> import tempfile
+        >>> with tempfile.TemporaryDirectory() as folder:
+        ...     logger = BufferedTensorBoardLogger(folder, flush_seconds=5)
+        ...     logger.log_metrics({"train/loss": 0.5}, step=3)
+        ...     logger.finalize("success")
+        ...     from wd_lightning.training.tensorboard import read_scalars
+        ...     read_scalars(logger.log_dir)
+        {'train/loss': [(3, 0.5)]}
+    """
+
+    def __init__(self, save_dir: str | os.PathLike, flush_seconds: float = 2.0, **kwargs: Any):
+        self.flush_seconds = check_finite_positive("flush_seconds", flush_seconds)
+        super().__init__(save_dir, **kwargs)
+        self._hparams_file_written = False
 
 
 class FlushLoggersAtEpochEnd(Callback):

@@ -41,7 +41,6 @@ from wd_lightning.core.errors import (
     check_finite_positive,
     check_int_at_least,
 )
-from wd_lightning.training.tensorboard import hparams_summaries
 
 __all__ = ["ScalarRuns"]
 
@@ -127,7 +126,7 @@ class ScalarRuns:
         self._append(records, keep)
 
     def run(self, index: int) -> _Run:
-        """Run ``index`` as a target of :func:`~wd_lightning.training.hparams.log_final_hparams`."""
+        """Run ``index`` as a writer of summaries (e.g. for ``log_final_hparams``)."""
         return _Run(self, index)
 
     def add_event(self, run: int, event: Any) -> None:
@@ -221,22 +220,16 @@ class ScalarRuns:
 
 
 class _Run:
-    """One run of a :class:`ScalarRuns`, with ``log_hyperparams`` as ``RunWriter`` has it."""
+    """One run of a :class:`ScalarRuns`, with ``add_summary`` as ``RunWriter`` has it."""
 
     def __init__(self, runs: ScalarRuns, index: int) -> None:
         self._runs, self._index = runs, index
 
-    def log_hyperparams(
-        self, params: dict[str, Any], metrics: dict[str, float], step: int = 0
-    ) -> None:
-        """Fill the run's HPARAMS tab, and write ``metrics`` as scalars at ``step``."""
+    def add_summary(self, summary: Any, step: int) -> None:
+        """Write a ``Summary`` protocol buffer (e.g. HPARAMS, text) at ``step``."""
         from tensorboard.compat.proto.event_pb2 import Event
-        from tensorboard.compat.proto.summary_pb2 import Summary
 
-        for summary in hparams_summaries(params, metrics):
-            self._runs.add_event(self._index, Event(wall_time=time.time(), summary=summary))
-        values = [Summary.Value(tag=tag, simple_value=v) for tag, v in metrics.items()]
-        event = Event(wall_time=time.time(), step=step, summary=Summary(value=values))
+        event = Event(wall_time=time.time(), step=step, summary=summary)
         self._runs.add_event(self._index, event)
 
 

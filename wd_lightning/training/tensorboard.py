@@ -196,18 +196,6 @@ class RunWriter:
         self._write_pending()
         self._file.add_event(self._event(wall_time=time.time(), step=step, summary=summary))
 
-    def log_hyperparams(
-        self, params: dict[str, Any], metrics: dict[str, float], step: int = 0
-    ) -> None:
-        """Fill the run's HPARAMS tab, and write ``metrics`` as scalars at ``step``.
-
-        As Lightning's ``TensorBoardLogger.log_hyperparams``: values that are not a
-        number, string or bool are shown as their ``str``.
-        """
-        for summary in hparams_summaries(params, metrics):
-            self.add_summary(summary, 0)
-        self.add_scalars(metrics, step)
-
     def flush(self) -> None:
         """Write everything given so far to disk."""
         self._write_pending()
@@ -227,21 +215,6 @@ class RunWriter:
             wall_time=time.time(), step=self._pending_step, summary=self._summary(value=values)
         )
         self._file.add_event(event)
-
-
-def hparams_summaries(params: dict[str, Any], metrics: dict[str, float]) -> tuple[Any, ...]:
-    """The three ``Summary`` protocol buffers of a run's HPARAMS tab.
-
-    As Lightning's ``TensorBoardLogger.log_hyperparams``: values that are not a
-    number, string or bool are shown as their ``str``.
-    """
-    from torch.utils.tensorboard.summary import hparams
-
-    plain = {
-        name: value if isinstance(value, (bool, int, float, str)) else str(value)
-        for name, value in params.items()
-    }
-    return hparams(plain, metrics)
 
 
 _FILE_COUNTER = itertools.count()
