@@ -20,6 +20,7 @@ from wd_lightning.training.logging import (
     FlushLoggersAtEpochEnd,
     TimedProgressBar,
 )
+from wd_lightning.training.rundir import ClaimingTensorBoardLogger
 from wd_lightning.training.tensorboard import EventFile, read_scalars
 
 
@@ -46,19 +47,21 @@ def _fit(root: Path, *extra: str) -> WeightDecayCLI:
 
 
 @pytest.mark.slow
-def test_the_cli_writes_the_same_events_as_lightnings_tensorboard_logger(tmp_path):
+def test_the_cli_writes_the_same_events_as_the_tensorboard_logger_it_replaces(tmp_path):
     ours = _fit(tmp_path / "ours")
     assert isinstance(ours.trainer.logger, BufferedTensorBoardLogger)
+    # The CLI's logger before: Lightning's TensorBoardLogger, claiming its folder
+    # and leaving out the epoch scalar.
     lightnings = _fit(
         tmp_path / "lightning",
         "--trainer.logger",
-        "lightning.pytorch.loggers.TensorBoardLogger",
+        "wd_lightning.training.rundir.ClaimingTensorBoardLogger",
         "--trainer.logger.save_dir",
         str(tmp_path / "lightning"),
         "--trainer.logger.default_hp_metric",
         "false",
     )
-    assert type(lightnings.trainer.logger).__name__ == "TensorBoardLogger"
+    assert type(lightnings.trainer.logger) is ClaimingTensorBoardLogger
     expected = _events(Path(lightnings.trainer.log_dir))
     written = _events(Path(ours.trainer.log_dir))
     # Same tags, steps, values and order: scalars, the text report, layout and hparams.
