@@ -30,7 +30,7 @@ from torch import nn
 
 from wd_lightning.core import analysis
 from wd_lightning.core.errors import InvalidArgumentError
-from wd_lightning.sweep.ensemble import WeightDecayEnsemble
+from wd_lightning.sweep.ensemble import WeightDecayEnsemble, check_sweep_trainer
 from wd_lightning.training.module import HalfMSELoss, WeightDecayModule
 from wd_lightning.training.tensorboard import RunWriter
 
@@ -152,7 +152,9 @@ def run_sweep(
             ``overwrite`` is set.
         trainer_kwargs: :class:`~lightning.pytorch.Trainer` arguments (e.g.
             ``max_epochs``); logging and checkpoints are the sweep's own, and
-            it runs on one device.
+            it runs on one device. Options under which a member could not
+            equal its fit are refused (see
+            :meth:`~wd_lightning.sweep.ensemble.WeightDecayEnsemble.on_fit_start`).
         overwrite: replace the files of an earlier sweep in ``output_dir``.
 
     Example:
@@ -183,9 +185,11 @@ def run_sweep(
             )
         modules.append(module)
     initial = [{n: p.detach().clone() for n, p in m.model.named_parameters()} for m in modules]
+    # Built before the writers: a configuration it refuses leaves no runs behind.
+    ensemble = WeightDecayEnsemble(modules)
     writers = [RunWriter(output_dir / "runs" / member.run_name) for member in members]
+    ensemble.writers = writers
     try:
-        ensemble = WeightDecayEnsemble(modules, writers)
         trainer.fit(ensemble, datamodule)
         rows = _summary_rows(members, ensemble, trainer, initial)
         problem = _linear_problem(ensemble, datamodule)
@@ -230,13 +234,7 @@ def _sweep_trainer(trainer_kwargs: dict[str, Any]) -> Trainer:
             trainer_kwargs.get("devices"),
             "one device: a sweep vectorises its members on a single device",
         )
-    if trainer.gradient_clip_val and trainer.gradient_clip_algorithm != "value":
-        # A norm over a stacked tensor would mix the members' gradients.
-        raise InvalidArgumentError(
-            "trainer.gradient_clip_algorithm",
-            trainer.gradient_clip_algorithm,
-            "'value' in a sweep (norm clipping would mix the members)",
-        )
+    check_sweep_trainer(trainer)
     return trainer
 
 
