@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from lightning.pytorch.callbacks import ModelSummary
 
 from tests.fits import CONFIGS, REPO
 from wd_lightning import LinearRegression, SyntheticRegressionDataModule
@@ -234,6 +235,7 @@ def test_own_checkpoint_callback_or_none_replaces_the_default(tmp_path):
 
 
 def test_model_summary_is_off_by_default_and_can_be_turned_on():
-    assert not any(type(c).__name__ == "ModelSummary" for c in _parse().trainer.callbacks)
+    # isinstance, not the class name: with rich installed Lightning picks RichModelSummary.
+    assert not any(isinstance(c, ModelSummary) for c in _parse().trainer.callbacks)
     on = _parse("--trainer.enable_model_summary", "true")
-    assert any(type(c).__name__ == "ModelSummary" for c in on.trainer.callbacks)
+    assert any(isinstance(c, ModelSummary) for c in on.trainer.callbacks)

@@ -12,7 +12,6 @@ from pathlib import Path
 from typing import Any, NoReturn
 
 from jsonargparse import ArgumentParser, Namespace
-from jsonargparse._deprecated import JsonargparseDeprecationWarning
 from lightning.pytorch import Callback, LightningDataModule, LightningModule, Trainer
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
@@ -29,6 +28,12 @@ from wd_lightning.core.errors import (
 )
 from wd_lightning.training.callbacks import WeightNormMonitor
 from wd_lightning.training.checkpoints import check_state_dict, is_local_path, read_checkpoint
+from wd_lightning.training.compat import (
+    add_cli_subcommand,
+    build_cli_arguments,
+    ignore_jsonargparse_deprecations,
+    subcommand_parser,
+)
 from wd_lightning.training.interrupts import InterruptGuard
 from wd_lightning.training.random_state import RandomStateCheckpoint
 from wd_lightning.training.rundir import discard_unstarted_run
@@ -215,7 +220,7 @@ class WeightDecayCLI(LightningCLI):
         * :class:`~wd_lightning.RandomStateCheckpoint`, unless one is given, so
           that a resumed fit continues the interrupted fit's random streams.
         """
-        config = self._get(self.config_init, "trainer", default={})
+        config = _config_value(self, self.config_init, "trainer", {})
         if config.get("logger") in (None, True) and "logger" not in kwargs:
             save_dir = config.get("default_root_dir") or os.getcwd()
             kwargs["logger"] = TensorBoardLogger(save_dir=save_dir, default_hp_metric=False)
@@ -231,22 +236,26 @@ class WeightDecayCLI(LightningCLI):
         return super().instantiate_trainer(**kwargs)
 
     # ------------------------------------------------------------------ sweep
+    # Private LightningCLI hooks (see wd_lightning.training.compat.CLI_SUBCOMMAND_HOOKS):
+    # the only way to add subcommands that are not Trainer methods.
     def _add_subcommands(self, parser: LightningArgumentParser, **kwargs: Any) -> None:
         super()._add_subcommands(parser, **kwargs)
         description = "Train a λ × seed grid in one vectorised fit and compare it with ridge."
         self._adding_sweep = True
         try:
             sweep_parser = self.init_parser(description=description)
-            self._add_arguments(sweep_parser)
+            build_cli_arguments(self, sweep_parser)
         finally:
             self._adding_sweep = False
         add_sweep_arguments(sweep_parser)
-        self._subcommand_parsers["sweep"] = sweep_parser
-        self._subcommand_method_arguments["sweep"] = {}
-        parser._subcommands_action.add_subcommand("sweep", sweep_parser, help=description)
+        add_cli_subcommand(self, parser, "sweep", sweep_parser, help=description)
         # Listed here for --help; ``main`` runs it before this parser is built.
-        parser._subcommands_action.add_subcommand(
-            "plot", ArgumentParser(), help="Draw a sweep's figures (see 'plot --help')."
+        add_cli_subcommand(
+            self,
+            parser,
+            "plot",
+            ArgumentParser(),
+            help="Draw a sweep's figures (see 'plot --help').",
         )
 
     def _run_subcommand(self, subcommand: str) -> None:
@@ -274,7 +283,7 @@ class WeightDecayCLI(LightningCLI):
         except ValueError as error:
             # Building a member from the config wraps the model's own errors.
             self._raise_as_option_error(error)
-        self._parser("sweep").save(
+        subcommand_parser(self, "sweep").save(
             config, result.output_dir / "config.yaml", skip_none=False, overwrite=True
         )
         print(result.table())
@@ -300,8 +309,8 @@ class WeightDecayCLI(LightningCLI):
             if self.subcommand == "sweep":
                 # Instantiated once to check the config; each member is built anew.
                 self.config_init = self.parser.instantiate_classes(self.config)
-                self.datamodule = self._get(self.config_init, "data")
-                self.model = self._get(self.config_init, "model")
+                self.datamodule = _config_value(self, self.config_init, "data")
+                self.model = _config_value(self, self.config_init, "model")
             else:
                 super().instantiate_classes()
         except ValueError as error:
@@ -452,6 +461,11 @@ def fit_summary(trainer: Trainer) -> str:
     return "\n".join(lines)
 
 
+def _config_value(cli: LightningCLI, config: Namespace, key: str, default: Any = None) -> Any:
+    """``key`` of the running subcommand's part of ``config`` (the whole config without one)."""
+    return config.get(str(cli.subcommand), config).get(key, default)
+
+
 def _find_cause(error: BaseException, kind: type[BaseException]) -> BaseException | None:
     """The first exception of type ``kind`` in ``error``'s chain of causes, if any."""
     seen = set()
@@ -497,7 +511,7 @@ def main(args: Sequence[str] | None = None) -> None:
     number (130 for SIGINT, 143 for SIGTERM) and the ``--ckpt_path`` to resume with.
     """
     # Lightning calls jsonargparse APIs that warn on every run; users cannot act on it.
-    warnings.filterwarnings("ignore", category=JsonargparseDeprecationWarning)
+    ignore_jsonargparse_deprecations()
     warnings.filterwarnings("ignore", message=r".*isinstance.treespec, LeafSpec.* is deprecated")
     argv = list(sys.argv[1:] if args is None else args)
     try:
