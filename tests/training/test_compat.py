@@ -12,6 +12,7 @@ import pytest
 from lightning.pytorch import Callback, LightningDataModule
 from lightning.pytorch.cli import LightningCLI
 from lightning.pytorch.loggers import Logger
+from lightning.pytorch.tuner import Tuner
 from torch import nn
 
 from tests.fits import quiet_trainer
@@ -147,3 +148,20 @@ def test_a_subcommand_added_through_compat_parses_builds_and_runs():
         trainer_defaults={"logger": False, "enable_progress_bar": False},
     )
     assert _HelloCLI.ran == ["hey LinearRegression LightningArgumentParser"]
+
+
+def test_a_learning_rate_search_is_recognised_while_it_runs(tmp_path):
+    seen = []
+
+    class _Probe(LinearRegression):
+        def training_step(self, batch, batch_idx):
+            seen.append(compat.searching_learning_rate(self.trainer))
+            return super().training_step(batch, batch_idx)
+
+    module, data = _Probe(weight_decay=3.0), SyntheticRegressionDataModule()
+    trainer = quiet_trainer(max_epochs=2, default_root_dir=tmp_path)
+    Tuner(trainer).lr_find(module, datamodule=data, num_training=5, update_attr=False)
+    assert seen and all(seen)
+    seen.clear()
+    trainer.fit(module, data)
+    assert seen and not any(seen)

@@ -34,7 +34,11 @@ from typing import Any
 
 import torch
 from lightning.pytorch import LightningModule, Trainer
-from lightning.pytorch.callbacks import StochasticWeightAveraging
+from lightning.pytorch.callbacks import (
+    DeviceStatsMonitor,
+    LearningRateMonitor,
+    StochasticWeightAveraging,
+)
 from torch import Tensor, nn
 from torch.optim import Optimizer
 from torch.optim.lr_scheduler import ReduceLROnPlateau
@@ -454,6 +458,13 @@ def check_sweep_trainer(trainer: Trainer) -> None:
                 type(callback).__name__,
                 f"callbacks that follow no single metric in a sweep ({callback.monitor!r} "
                 "differs between members; each member's run holds its own)",
+            )
+        if isinstance(callback, (LearningRateMonitor, DeviceStatsMonitor)):
+            raise InvalidArgumentError(
+                "trainer.callbacks",
+                type(callback).__name__,
+                "callbacks that need no Lightning logger in a sweep (it writes one run per "
+                "member itself, and the trainer has no logger)",
             )
         if isinstance(callback, StochasticWeightAveraging):
             raise InvalidArgumentError(

@@ -24,6 +24,7 @@ __all__ = [
     "ignore_jsonargparse_deprecations",
     "initial_hparams",
     "restricted_classmethod",
+    "searching_learning_rate",
     "subcommand_parser",
 ]
 
@@ -61,6 +62,19 @@ def initial_hparams(module: LightningModule) -> dict[str, Any]:
     Assumption: that attribute holds the mapping and edits to it reach the loggers.
     """
     return module._hparams_initial
+
+
+def searching_learning_rate(trainer: Trainer) -> bool:
+    """Whether ``trainer`` runs a learning-rate search (``Tuner.lr_find``, ``LearningRateFinder``).
+
+    Assumption: during the search Lightning replaces the trainer's callbacks
+    with one ``lightning.pytorch.tuner.lr_finder._LRCallback``.
+    """
+    try:
+        from lightning.pytorch.tuner.lr_finder import _LRCallback
+    except ImportError:
+        return False
+    return any(isinstance(callback, _LRCallback) for callback in trainer.callbacks)
 
 
 def ignore_jsonargparse_deprecations() -> None:

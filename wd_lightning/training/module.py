@@ -19,6 +19,7 @@ from lightning.pytorch.strategies import ModelParallelStrategy
 from lightning.pytorch.utilities import rank_zero_info
 from torch import Tensor, nn
 from torch.optim import Optimizer
+from torch.optim.lr_scheduler import ReduceLROnPlateau
 from torchmetrics import Metric, MetricCollection
 
 from wd_lightning.core.errors import (
@@ -32,7 +33,11 @@ from wd_lightning.core.grouping import DecayRules, ParamGroupsReport, explain_pa
 from wd_lightning.core.norms import _dtensor_type, squared_norms
 from wd_lightning.training.cadence import logs_this_step
 from wd_lightning.training.checkpoints import is_local_path, read_checkpoint
-from wd_lightning.training.compat import initial_hparams, restricted_classmethod
+from wd_lightning.training.compat import (
+    initial_hparams,
+    restricted_classmethod,
+    searching_learning_rate,
+)
 
 __all__ = ["HalfMSELoss", "Penalty", "WeightDecayModule"]
 
@@ -67,6 +72,11 @@ class WeightDecayModule(LightningModule):
     injected ``optimizer``, so a config can choose the optimizer while the groups
     stay. Logged: ``train/loss`` and ``val/loss`` (the data term, without any
     penalty) and ``val/<metric>`` for each entry of ``val_metrics``.
+    ``train/loss`` is logged on every step, so callbacks and schedulers can
+    monitor it (Lightning writes it to the loggers every ``log_every_n_steps``);
+    a non-finite training loss raises :class:`TrainingDivergedError` at the next
+    logging step, checkpoint, validation or end of training, whichever comes
+    first, naming the step where it happened.
 
     With ``penalty="optimizer"`` λ is passed as the optimizer's ``weight_decay``.
     With ``penalty="loss"`` the groups get ``weight_decay=0`` and λ/2·‖w‖² of the
@@ -80,7 +90,9 @@ class WeightDecayModule(LightningModule):
         weight_decay: λ, a finite number >= 0.
         optimizer: called with the parameter groups; defaults to SGD with lr 0.003.
             Set λ here through ``weight_decay``, never in the optimizer's own arguments.
-        lr_scheduler: optional, called with the optimizer.
+        lr_scheduler: optional, called with the optimizer. A ``ReduceLROnPlateau``
+            follows its ``monitor`` attribute (``lightning.pytorch.cli.ReduceLROnPlateau``
+            takes one, e.g. ``"train/loss"``), by default ``"val/loss"``.
         penalty: ``"optimizer"`` or ``"loss"`` (see above).
         loss: maps ``(predictions, targets)`` to a scalar; defaults to :class:`HalfMSELoss`.
         val_metrics: torchmetrics logged as ``val/<name>`` on the validation set.
@@ -268,7 +280,14 @@ class WeightDecayModule(LightningModule):
         optimizer = self._build_optimizer()
         if self.lr_scheduler_factory is None:
             return optimizer
-        return {"optimizer": optimizer, "lr_scheduler": self.lr_scheduler_factory(optimizer)}
+        scheduler = self.lr_scheduler_factory(optimizer)
+        config: dict[str, Any] = {"scheduler": scheduler}
+        if isinstance(scheduler, ReduceLROnPlateau):
+            # Lightning steps a plateau scheduler with the metric it is told to follow:
+            # the scheduler's own ``monitor`` (lightning.pytorch.cli.ReduceLROnPlateau
+            # takes one), else the held-out loss.
+            config["monitor"] = getattr(scheduler, "monitor", None) or "val/loss"
+        return {"optimizer": optimizer, "lr_scheduler": config}
 
     def penalty_term(self) -> Tensor:
         """Σ over groups of λ_g/2·‖w_g‖²: what ``penalty="loss"`` adds to the training loss."""
@@ -315,6 +334,11 @@ class WeightDecayModule(LightningModule):
         if self.penalty == "loss":
             return data_loss + self.penalty_term()
         return data_loss
+
+    def predict_step(self, batch: Any, batch_idx: int, dataloader_idx: int = 0) -> Tensor:
+        """The model's predictions for ``inputs``, or for ``(inputs, targets)`` (targets unused)."""
+        inputs = batch[0] if isinstance(batch, (tuple, list)) else batch
+        return self._predict(inputs)
 
     def validation_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:
         self._evaluate(batch, "val")
@@ -379,7 +403,7 @@ class WeightDecayModule(LightningModule):
         validation and when training ends: non-finite weights never reach a
         checkpoint, and a fit never ends quietly with them.
         """
-        if self._diverged_step is None:
+        if self._diverged_step is None or self._searching_learning_rate():
             return
         step = int(self._diverged_step)  # the one host sync
         if step < 0:
@@ -391,6 +415,11 @@ class WeightDecayModule(LightningModule):
             f"{self.weight_decay} (lr·weight_decay = {lr * self.weight_decay:.3g}; SGD diverges "
             "once it nears 2); lower the learning rate or weight_decay"
         )
+
+    def _searching_learning_rate(self) -> bool:
+        # A learning-rate search (Tuner.lr_find, LearningRateFinder) raises the rate
+        # until the loss blows up on purpose, then restores the weights it started from.
+        return self._trainer is not None and searching_learning_rate(self.trainer)
 
     def on_validation_start(self) -> None:
         self._stop_if_diverged()
