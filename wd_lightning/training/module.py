@@ -310,8 +310,22 @@ class WeightDecayModule(LightningModule):
     def training_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor:
         inputs, targets = batch
         data_loss = self.loss(self._predict(inputs), targets)
+        self._record_training_loss(data_loss.detach(), len(inputs))
+        if self.penalty == "loss":
+            return data_loss + self.penalty_term()
+        return data_loss
+
+    def predict_step(self, batch: Any, batch_idx: int, dataloader_idx: int = 0) -> Tensor:
+        """The model's predictions for ``inputs``, or for ``(inputs, targets)`` (targets unused)."""
+        inputs = batch[0] if isinstance(batch, (tuple, list)) else batch
+        return self._predict(inputs)
+
+    # Bookkeeping, not maths: kept out of torch.compile graphs (trainer state and
+    # logging would break or re-specialise them on every step).
+    @torch.compiler.disable
+    def _record_training_loss(self, loss: Tensor, batch_size: int) -> None:
         writes = self._trainer is None or logs_this_step(self.trainer)
-        self._track_divergence(data_loss.detach())
+        self._track_divergence(loss)
         if writes:
             # Read on the host only where the loggers read the loss anyway: a check
             # on every step would stall an accelerator once per step.
@@ -319,7 +333,6 @@ class WeightDecayModule(LightningModule):
         # Logged on every step, so that ModelCheckpoint, EarlyStopping and
         # ReduceLROnPlateau find it whatever log_every_n_steps is; Lightning writes
         # it to the loggers on logging steps only.
-        loss = data_loss.detach()
         if (
             self._trainer is not None
             and self.trainer.world_size > 1
@@ -330,15 +343,7 @@ class WeightDecayModule(LightningModule):
             # where the value is written or read (logging steps, the epoch's end, and
             # every step when a callback or scheduler monitors it), not on every step.
             loss = self.trainer.strategy.reduce(loss, reduce_op="mean")
-        self.log("train/loss", loss, batch_size=len(inputs))
-        if self.penalty == "loss":
-            return data_loss + self.penalty_term()
-        return data_loss
-
-    def predict_step(self, batch: Any, batch_idx: int, dataloader_idx: int = 0) -> Tensor:
-        """The model's predictions for ``inputs``, or for ``(inputs, targets)`` (targets unused)."""
-        inputs = batch[0] if isinstance(batch, (tuple, list)) else batch
-        return self._predict(inputs)
+        self.log("train/loss", loss, batch_size=batch_size)
 
     def validation_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:
         self._evaluate(batch, "val")
