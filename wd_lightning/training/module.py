@@ -281,13 +281,13 @@ class WeightDecayModule(LightningModule):
         if self.lr_scheduler_factory is None:
             return optimizer
         scheduler = self.lr_scheduler_factory(optimizer)
-        config: dict[str, Any] = {"scheduler": scheduler}
         if isinstance(scheduler, ReduceLROnPlateau):
             # Lightning steps a plateau scheduler with the metric it is told to follow:
             # the scheduler's own ``monitor`` (lightning.pytorch.cli.ReduceLROnPlateau
             # takes one), else the held-out loss.
-            config["monitor"] = getattr(scheduler, "monitor", None) or "val/loss"
-        return {"optimizer": optimizer, "lr_scheduler": config}
+            monitor = getattr(scheduler, "monitor", None) or "val/loss"
+            return {"optimizer": optimizer, "lr_scheduler": scheduler, "monitor": monitor}
+        return {"optimizer": optimizer, "lr_scheduler": scheduler}
 
     def penalty_term(self) -> Tensor:
         """Σ over groups of λ_g/2·‖w_g‖²: what ``penalty="loss"`` adds to the training loss."""
