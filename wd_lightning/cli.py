@@ -288,10 +288,7 @@ class WeightDecayCLI(LightningCLI):
         )
         print(result.table())
         if config["plot"]:
-            from wd_lightning.sweep.plots import write_figures
-
-            for path in write_figures(result.output_dir):
-                print(f"figure: {path}")
+            draw_figures(result.output_dir)
         runs = result.output_dir / "runs"
         print(f"summary: {result.output_dir / 'summary.csv'}  (view: tensorboard --logdir {runs})")
 
@@ -493,13 +490,20 @@ def plot(args: Sequence[str]) -> None:
         help="λ values whose loss curves are drawn (default: 0 and 3, if swept)",
     )
     config = parser.parse_args(list(args))
-    from wd_lightning.sweep.plots import write_figures
-
     try:
-        paths = write_figures(config.output_dir, config.weight_decays_shown)
+        draw_figures(config.output_dir, config.weight_decays_shown)
     except InvalidArgumentError as error:
         raise InvalidArgumentError(f"--{error.argument}", error.value, error.allowed) from None
-    for path in paths:
+
+
+def draw_figures(
+    output_dir: str | Path, weight_decays_shown: Sequence[float] | None = None
+) -> None:
+    """Write a sweep's figures and print where they went (``sweep --plot`` and ``plot`` alike)."""
+    # Imported here: only drawing needs matplotlib.
+    from wd_lightning.sweep.plots import write_figures
+
+    for path in write_figures(output_dir, weight_decays_shown):
         print(f"figure: {path}")
 
 

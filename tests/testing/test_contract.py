@@ -239,16 +239,16 @@ def test_same_seed_gives_same_falsifying_example() -> None:
 @pytest.mark.parametrize(
     ("arguments", "message"),
     [
-        ({"coupling": "l2"}, r"`coupling` must be one of \('coupled', 'decoupled'\), got 'l2'"),
-        ({"factory": "SGD"}, "`factory` must be callable"),
-        ({"optimizer_kwargs": {"lr": 0.1}}, r"`optimizer_kwargs` must not contain \['lr'\]"),
-        ({"max_examples": 0}, "`max_examples` must be an int >= 1"),
-        ({"steps": 2.5}, "`steps` must be an int >= 1"),
-        ({"dtype": torch.float16}, "`dtype` must be torch.float32 or torch.float64"),
-        ({"max_decay_per_step": 1.0}, r"`max_decay_per_step` must lie in \(0, 1\)"),
-        ({"ulps": 0}, "`ulps` must be a number > 0"),
-        ({"seed": "abc"}, "`seed` must be an int or None"),
-        ({"hypothesis_settings": {"max_examples": 5}}, "`hypothesis_settings` must be"),
+        ({"coupling": "l2"}, "coupling=.* is not allowed"),
+        ({"factory": "SGD"}, "factory=.* is not allowed"),
+        ({"optimizer_kwargs": {"lr": 0.1}}, "optimizer_kwargs=.* is not allowed"),
+        ({"max_examples": 0}, "max_examples=.* is not allowed"),
+        ({"steps": 2.5}, "steps=.* is not allowed"),
+        ({"dtype": torch.float16}, "dtype=.* is not allowed"),
+        ({"max_decay_per_step": 1.0}, "max_decay_per_step=.* is not allowed"),
+        ({"ulps": 0}, "ulps=.* is not allowed"),
+        ({"seed": "abc"}, "seed=.* is not allowed"),
+        ({"hypothesis_settings": {"max_examples": 5}}, "hypothesis_settings=.* is not allowed"),
     ],
 )
 def test_rejects_bad_arguments_before_running(arguments: dict[str, Any], message: str) -> None:

@@ -176,7 +176,7 @@ def test_profile_comes_from_the_environment(restore_hypothesis_profile: None) ->
     assert profiles.load_profile_from_env({env: "thorough"}) == "thorough"
     assert settings.get_current_profile_name() == "thorough"
     assert profiles.load_profile_from_env({env: ""}) == profiles.DEFAULT_PROFILE
-    with pytest.raises(ValueError, match=f"`{env}` must be one of"):
+    with pytest.raises(ValueError, match=rf"{env}=.* is not allowed: expected one of"):
         profiles.load_profile_from_env({env: "nightly"})
 
 

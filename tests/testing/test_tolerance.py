@@ -120,12 +120,12 @@ def test_shape_mismatch_is_an_assertion_error() -> None:
 
 
 def test_rejects_non_positive_ulps() -> None:
-    with pytest.raises(ValueError, match="`ulps` must be a number > 0"):
+    with pytest.raises(ValueError, match=r"ulps=.* is not allowed"):
         assert_close_to_terms(torch.zeros(1), torch.zeros(1), magnitude=1.0, ulps=0)
 
 
 def test_terms_magnitude_adds_absolute_values_and_needs_a_tensor() -> None:
     total = terms_magnitude(torch.tensor([-1.0, 2.0]), 0.5, torch.tensor([3.0, -4.0]))
     torch.testing.assert_close(total, torch.tensor([4.5, 6.5], dtype=torch.float64))
-    with pytest.raises(ValueError, match="`terms` must contain at least one tensor"):
+    with pytest.raises(ValueError, match=r"terms=.* expected at least one tensor"):
         terms_magnitude(1.0, 2.0)

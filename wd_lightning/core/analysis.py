@@ -27,6 +27,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from wd_lightning.core import losses
 from wd_lightning.core.errors import InvalidArgumentError, check_finite_non_negative
 
 __all__ = [
@@ -230,5 +231,4 @@ def half_mse(inputs: Tensor, targets: Tensor, solution: LinearSolution) -> float
         0.5
     """
     X, y = _as_problem(inputs, targets)
-    residual = X @ solution.weight.double() + solution.bias.double() - y
-    return float(0.5 * residual.square().mean())
+    return float(losses.half_mse(X @ solution.weight.double() + solution.bias.double(), y))

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 import signal
+from collections.abc import Sequence
 from typing import Any
 
 __all__ = [
@@ -17,9 +18,13 @@ __all__ = [
     "TrainerArgumentError",
     "TrainingDivergedError",
     "TrainingInterruptedError",
+    "check_distinct",
     "check_finite",
     "check_finite_non_negative",
+    "check_finite_positive",
+    "check_in_range",
     "check_int_at_least",
+    "check_one_of",
 ]
 
 
@@ -134,22 +139,118 @@ def _is_real(value: Any) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
-def check_finite(argument: str, value: float) -> float:
-    """Return ``value`` as a float if it is a finite real number."""
+def check_finite(argument: str, value: Any) -> float:
+    """Return ``value`` as a float if it is a finite real number.
+
+    Example:
+        >>> check_finite("bias", float("nan"))
+        Traceback (most recent call last):
+        wd_lightning.core.errors.InvalidArgumentError: bias=nan is not allowed: ...
+    """
     if not _is_real(value) or not math.isfinite(value):
         raise InvalidArgumentError(argument, value, "a finite number")
     return float(value)
 
 
-def check_finite_non_negative(argument: str, value: float) -> float:
-    """Return ``value`` as a float if it is a finite number >= 0."""
+def check_finite_non_negative(argument: str, value: Any) -> float:
+    """Return ``value`` as a float if it is a finite number >= 0.
+
+    Example:
+        >>> check_finite_non_negative("weight_decay", 3)
+        3.0
+    """
     if not _is_real(value) or not math.isfinite(value) or value < 0:
         raise InvalidArgumentError(argument, value, "a finite number >= 0")
     return float(value)
 
 
-def check_int_at_least(argument: str, value: int, minimum: int) -> int:
-    """Return ``value`` if it is an integer >= ``minimum``."""
+def check_finite_positive(argument: str, value: Any) -> float:
+    """Return ``value`` as a float if it is a finite number > 0 (a 0-d tensor counts as a number).
+
+    Learning rates are checked here: torch accepts a tensor learning rate.
+
+    Example:
+        >>> check_finite_positive("lr", 0.003)
+        0.003
+        >>> check_finite_positive("lr", 0)
+        Traceback (most recent call last):
+        wd_lightning.core.errors.InvalidArgumentError: lr=0 is not allowed: ...
+    """
+    number = value.item() if hasattr(value, "item") and getattr(value, "ndim", 1) == 0 else value
+    if not _is_real(number) or not math.isfinite(number) or number <= 0:
+        raise InvalidArgumentError(argument, number, "a finite number > 0")
+    return float(number)
+
+
+def check_in_range(
+    argument: str, value: Any, low: float, high: float, *, closed: str = "both"
+) -> float:
+    """Return ``value`` as a float if it lies between ``low`` and ``high``.
+
+    ``closed`` says which ends are allowed: ``"both"``, ``"left"``, ``"right"`` or ``"neither"``.
+
+    Example:
+        >>> check_in_range("dampening", 0.5, 0.0, 1.0)
+        0.5
+        >>> check_in_range("beta", 1.0, 0.0, 1.0, closed="left")
+        Traceback (most recent call last):
+        wd_lightning.core.errors.InvalidArgumentError: beta=1.0 ...: expected a number in [0.0, 1.0)
+    """
+    left = closed in ("both", "left")
+    right = closed in ("both", "right")
+    interval = f"{'[' if left else '('}{low}, {high}{']' if right else ')'}"
+    if (
+        not _is_real(value)
+        or math.isnan(value)
+        or value < low
+        or value > high
+        or (value == low and not left)
+        or (value == high and not right)
+    ):
+        raise InvalidArgumentError(argument, value, f"a number in {interval}")
+    return float(value)
+
+
+def check_one_of(argument: str, value: Any, choices: Sequence[Any]) -> Any:
+    """Return ``value`` if it is one of ``choices``.
+
+    Example:
+        >>> check_one_of("penalty", "loss", ("optimizer", "loss"))
+        'loss'
+        >>> check_one_of("penalty", "l2", ("optimizer", "loss"))
+        Traceback (most recent call last):
+        wd_lightning.core.errors.InvalidArgumentError: penalty='l2' ...: expected one of ...
+    """
+    if not any(value is choice or value == choice for choice in choices):
+        raise InvalidArgumentError(argument, value, "one of " + ", ".join(map(repr, choices)))
+    return value
+
+
+def check_distinct(argument: str, values: Sequence[Any], what: str) -> None:
+    """Accept ``values`` if there is at least one and no two are equal.
+
+    ``what`` names the elements in the message, e.g. ``"λ values"``.
+
+    Example:
+        >>> check_distinct("seeds", [0, 1], "integer seeds")
+        >>> check_distinct("seeds", [0, 0], "integer seeds")
+        Traceback (most recent call last):
+        wd_lightning.core.errors.InvalidArgumentError: seeds=[0, 0] ...: expected distinct values
+    """
+    if not values:
+        raise InvalidArgumentError(argument, values, f"a non-empty list of {what}")
+    if len(set(values)) != len(values):
+        raise InvalidArgumentError(argument, values, "distinct values")
+
+
+def check_int_at_least(argument: str, value: Any, minimum: int) -> int:
+    """Return ``value`` if it is an integer >= ``minimum`` (``True`` is not an integer here).
+
+    Example:
+        >>> check_int_at_least("steps", 0, 1)
+        Traceback (most recent call last):
+        wd_lightning.core.errors.InvalidArgumentError: steps=0 ...: expected an integer >= 1
+    """
     if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
         raise InvalidArgumentError(argument, value, f"an integer >= {minimum}")
     return value

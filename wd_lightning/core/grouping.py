@@ -22,7 +22,6 @@ them towards zero fights the normalisation instead of regularising.
 from __future__ import annotations
 
 import fnmatch
-import math
 import re
 from collections.abc import Iterator
 from dataclasses import dataclass, field, replace
@@ -30,7 +29,11 @@ from typing import Any
 
 from torch import nn
 
-from wd_lightning.core.errors import InvalidArgumentError, check_finite_non_negative
+from wd_lightning.core.errors import (
+    InvalidArgumentError,
+    check_finite_non_negative,
+    check_finite_positive,
+)
 
 __all__ = [
     "DECAY",
@@ -95,10 +98,8 @@ class GroupOverride:
             raise InvalidArgumentError("overrides.pattern", self.pattern, "a non-empty glob")
         if self.weight_decay is not None:
             check_finite_non_negative("overrides.weight_decay", self.weight_decay)
-        if self.lr is not None and not (
-            isinstance(self.lr, (int, float)) and math.isfinite(self.lr) and self.lr > 0
-        ):
-            raise InvalidArgumentError("overrides.lr", self.lr, "a finite number > 0")
+        if self.lr is not None:
+            check_finite_positive("overrides.lr", self.lr)
 
     @property
     def group_name(self) -> str:

@@ -21,6 +21,12 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from wd_lightning.core.errors import (
+    InvalidArgumentError,
+    check_finite_non_negative,
+    check_in_range,
+)
+
 __all__ = [
     "AdamState",
     "SGDState",
@@ -37,7 +43,7 @@ class SGDState:
     """What SGD remembers between steps for one parameter.
 
     Attributes:
-        momentum_buffer: The running velocity ``b``; ``None`` before the first step with
+        momentum_buffer: the running velocity ``b``; ``None`` before the first step with
             momentum, because PyTorch starts the buffer at the first gradient rather than at zero.
     """
 
@@ -49,9 +55,9 @@ class AdamState:
     """What Adam and AdamW remember between steps for one parameter.
 
     Attributes:
-        step: How many updates have been taken; drives the bias corrections.
-        exp_avg: First-moment estimate ``m``.
-        exp_avg_sq: Second-moment estimate ``v``.
+        step: how many updates have been taken; drives the bias corrections.
+        exp_avg: first-moment estimate ``m``.
+        exp_avg_sq: second-moment estimate ``v``.
     """
 
     step: int
@@ -74,8 +80,8 @@ def decay_factor(lr: float, weight_decay: float) -> float:
     """The factor ``1 − ηλ`` that shrinks the weights once per step.
 
     Args:
-        lr: Learning rate ``η``.
-        weight_decay: Decay coefficient ``λ``.
+        lr: learning rate ``η``.
+        weight_decay: decay coefficient ``λ``.
 
     Returns:
         ``1 − lr·weight_decay``; the weights shrink towards zero while it lies in ``[0, 1)``.
@@ -94,8 +100,8 @@ def l2_penalty(param: Tensor, weight_decay: float) -> Tensor:
     """The penalty ``λ/2·‖w‖²`` whose gradient is exactly ``λ·w``.
 
     Args:
-        param: The weights ``w``.
-        weight_decay: Decay coefficient ``λ``.
+        param: the weights ``w``.
+        weight_decay: decay coefficient ``λ``.
 
     Returns:
         A scalar tensor; add it to the data loss to get coupled weight decay through autograd.
@@ -135,22 +141,22 @@ def sgd_step(
     Decay enters before momentum, so the velocity carries it too.
 
     Args:
-        param: Current weights ``w`` (not modified).
-        grad: Gradient ``g`` of the data loss (not modified).
-        state: State returned by the previous step; ``None`` for the first step.
-        lr: Learning rate ``η ≥ 0``.
-        weight_decay: Coupled decay coefficient ``λ ≥ 0``.
-        momentum: Momentum ``μ ≥ 0``.
-        dampening: Dampening ``τ`` of the gradient in the velocity, from 0 to 1.
-        nesterov: Use Nesterov momentum; needs ``momentum > 0`` and ``dampening == 0``.
-        maximize: Ascend instead of descend; the decay still pulls towards zero.
+        param: current weights ``w`` (not modified).
+        grad: gradient ``g`` of the data loss (not modified).
+        state: state returned by the previous step; ``None`` for the first step.
+        lr: learning rate ``η ≥ 0``.
+        weight_decay: coupled decay coefficient ``λ ≥ 0``.
+        momentum: momentum ``μ ≥ 0``.
+        dampening: dampening ``τ`` of the gradient in the velocity, from 0 to 1.
+        nesterov: use Nesterov momentum; needs ``momentum > 0`` and ``dampening == 0``.
+        maximize: ascend instead of descend; the decay still pulls towards zero.
 
     Returns:
         The new weights and the state for the next step.
 
     Raises:
-        ValueError: If an argument lies outside the range stated above, or ``grad`` does not
-            match ``param`` in shape.
+        InvalidArgumentError: if an argument lies outside the range stated above, or
+            ``grad`` does not match ``param`` in shape.
 
     Example:
         The article's update with ``η = 0.003`` and ``λ = 3``: the weight shrinks by the factor
@@ -167,12 +173,13 @@ def sgd_step(
     """
     _require_matching(param=param, grad=grad)
     _require_non_negative(lr=lr, weight_decay=weight_decay, momentum=momentum)
-    if not 0.0 <= dampening <= 1.0:
-        raise ValueError(f"`dampening` must lie in [0, 1], got {dampening}.")
+    check_in_range("dampening", dampening, 0.0, 1.0)
     if nesterov and (momentum <= 0.0 or dampening != 0.0):
-        raise ValueError(
-            "`nesterov=True` needs `momentum` > 0 and `dampening` == 0, "
-            f"got momentum={momentum} and dampening={dampening}."
+        raise InvalidArgumentError(
+            "nesterov",
+            nesterov,
+            f"momentum > 0 and dampening == 0 with it (got momentum={momentum}, "
+            f"dampening={dampening})",
         )
     state = SGDState() if state is None else state
 
@@ -216,21 +223,21 @@ def adam_step(
     was introduced to fix.
 
     Args:
-        param: Current weights ``w`` (not modified).
-        grad: Gradient ``g`` of the data loss (not modified).
-        state: State returned by the previous step; ``None`` for the first step.
-        lr: Learning rate ``η ≥ 0``.
-        betas: Moment coefficients ``(β₁, β₂)``, each in ``[0, 1)``.
-        eps: Denominator guard ``ε ≥ 0``.
-        weight_decay: Coupled decay coefficient ``λ ≥ 0``.
-        maximize: Ascend instead of descend; the decay still pulls towards zero.
+        param: current weights ``w`` (not modified).
+        grad: gradient ``g`` of the data loss (not modified).
+        state: state returned by the previous step; ``None`` for the first step.
+        lr: learning rate ``η ≥ 0``.
+        betas: moment coefficients ``(β₁, β₂)``, each in ``[0, 1)``.
+        eps: denominator guard ``ε ≥ 0``.
+        weight_decay: coupled decay coefficient ``λ ≥ 0``.
+        maximize: ascend instead of descend; the decay still pulls towards zero.
 
     Returns:
         The new weights and the state for the next step.
 
     Raises:
-        ValueError: If an argument lies outside the range stated above, or ``grad`` does not
-            match ``param`` in shape.
+        InvalidArgumentError: if an argument lies outside the range stated above, or
+            ``grad`` does not match ``param`` in shape.
 
     Example:
         A first Adam step moves each weight by about ``lr``, whatever the gradient's size:
@@ -274,21 +281,21 @@ def adamw_step(
     ``λ_paper = η_base·λ_torch``.
 
     Args:
-        param: Current weights ``w`` (not modified).
-        grad: Gradient ``g`` of the data loss (not modified).
-        state: State returned by the previous step; ``None`` for the first step.
-        lr: Learning rate ``η ≥ 0``.
-        betas: Moment coefficients ``(β₁, β₂)``, each in ``[0, 1)``.
-        eps: Denominator guard ``ε ≥ 0``.
-        weight_decay: Decoupled decay coefficient ``λ ≥ 0`` (torch's default is 0.01).
-        maximize: Ascend instead of descend; the decay still pulls towards zero.
+        param: current weights ``w`` (not modified).
+        grad: gradient ``g`` of the data loss (not modified).
+        state: state returned by the previous step; ``None`` for the first step.
+        lr: learning rate ``η ≥ 0``.
+        betas: moment coefficients ``(β₁, β₂)``, each in ``[0, 1)``.
+        eps: denominator guard ``ε ≥ 0``.
+        weight_decay: decoupled decay coefficient ``λ ≥ 0`` (torch's default is 0.01).
+        maximize: ascend instead of descend; the decay still pulls towards zero.
 
     Returns:
         The new weights and the state for the next step.
 
     Raises:
-        ValueError: If an argument lies outside the range stated above, or ``grad`` does not
-            match ``param`` in shape.
+        InvalidArgumentError: if an argument lies outside the range stated above, or
+            ``grad`` does not match ``param`` in shape.
 
     Example:
         With a zero gradient the moments stay zero and only the decay acts:
@@ -344,18 +351,19 @@ def _require_adam_arguments(
 ) -> None:
     _require_matching(param=param, grad=grad)
     _require_non_negative(lr=lr, eps=eps, weight_decay=weight_decay)
-    if len(betas) != 2 or not all(0.0 <= beta < 1.0 for beta in betas):
-        raise ValueError(f"`betas` must be two numbers in [0, 1), got {betas!r}.")
+    if len(betas) != 2:
+        raise InvalidArgumentError("betas", betas, "two numbers in [0, 1)")
+    for index, beta in enumerate(betas):
+        check_in_range(f"betas[{index}]", beta, 0.0, 1.0, closed="left")
 
 
 def _require_non_negative(**values: float) -> None:
     for name, value in values.items():
-        if not value >= 0.0:  # also rejects NaN
-            raise ValueError(f"`{name}` must be a number >= 0, got {value!r}.")
+        check_finite_non_negative(name, value)
 
 
 def _require_matching(*, param: Tensor, grad: Tensor) -> None:
     if grad.shape != param.shape:
-        raise ValueError(
-            f"`grad` must have the shape of `param` {tuple(param.shape)}, got {tuple(grad.shape)}."
+        raise InvalidArgumentError(
+            "grad", tuple(grad.shape), f"the shape of param, {tuple(param.shape)}"
         )

@@ -14,12 +14,15 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
+from wd_lightning.core.sharding import dtensor_type, local_part
+
 __all__ = [
     "group_norm",
     "segment_norms",
     "snapshot",
     "squared_distances",
     "squared_norms",
+    "stacked_squared_norms",
 ]
 
 
@@ -41,8 +44,22 @@ def squared_norms(tensors: Sequence[Tensor]) -> Tensor:
     """
     if not tensors:
         return torch.zeros(0, dtype=torch.float32)
-    squares = _local_squares([_local(t.detach()) for t in tensors])
+    squares = _local_squares([local_part(t.detach()) for t in tensors])
     return torch.stack(_sum_over_shards(squares, tensors))
+
+
+def stacked_squared_norms(tensors: Sequence[Tensor]) -> Tensor:
+    """‖tᵢ[m]‖² for each tensor ``i`` and each slice ``m`` along its leading dimension.
+
+    The tensors of a vectorised ensemble carry one member per leading slice; the
+    result, ``(len(tensors), members)`` in float32, holds each member's squared
+    norm of each tensor. Combine it with :func:`segment_norms` for group norms.
+
+    Example:
+        >>> stacked_squared_norms([torch.tensor([[3.0, 4.0], [1.0, 0.0]])])
+        tensor([[25.,  1.]])
+    """
+    return torch.stack([t.detach().float().square().flatten(1).sum(1) for t in tensors])
 
 
 def squared_distances(tensors: Sequence[Tensor], snapshots: Sequence[Tensor]) -> Tensor:
@@ -65,7 +82,7 @@ def squared_distances(tensors: Sequence[Tensor], snapshots: Sequence[Tensor]) ->
     if not tensors:
         return torch.zeros(0, dtype=torch.float32)
     differences = list(snapshots)
-    torch._foreach_sub_(differences, [_local(t.detach()) for t in tensors])
+    torch._foreach_sub_(differences, [local_part(t.detach()) for t in tensors])
     return torch.stack(_sum_over_shards(_local_squares(differences), tensors))
 
 
@@ -84,14 +101,15 @@ def snapshot(tensors: Sequence[Tensor]) -> list[Tensor]:
     """
     if not tensors:
         return []
-    return list(torch._foreach_mul([_local(t.detach()) for t in tensors], 1.0))
+    return list(torch._foreach_mul([local_part(t.detach()) for t in tensors], 1.0))
 
 
 def segment_norms(squares: Tensor, segment_ids: Tensor, num_segments: int) -> Tensor:
     """√(Σ squares) within each segment: ``segment_ids[i]`` says which segment ``squares[i]`` joins.
 
     ``segment_ids`` must be an integer tensor on the device of ``squares``.
-    Segments no square joins have norm 0.
+    Segments no square joins have norm 0. ``squares`` may carry trailing
+    dimensions (one column per ensemble member): each column is summed apart.
 
     Example:
         >>> segment_norms(torch.tensor([9.0, 16.0, 4.0]), torch.tensor([0, 0, 2]), 3)
@@ -119,26 +137,6 @@ def group_norm(tensors: Sequence[Tensor]) -> Tensor:
     return squared_norms(tensors).sum().sqrt()
 
 
-# ----------------------------------------------------------------- sharding
-def _dtensor_type() -> type | None:
-    try:
-        from torch.distributed.tensor import DTensor
-    except ImportError:  # torch built without distributed support
-        return None
-    return DTensor
-
-
-def _local(tensor: Tensor) -> Tensor:
-    """The part of ``tensor`` this rank holds; a partial sum is completed first."""
-    dtensor = _dtensor_type()
-    if dtensor is None or not isinstance(tensor, dtensor):
-        return tensor
-    if any(placement.is_partial() for placement in tensor.placements):
-        # Never a parameter's layout; squares of partial sums would not add up.
-        return tensor.full_tensor()
-    return tensor.to_local()
-
-
 def _local_squares(local: Sequence[Tensor]) -> list[Tensor]:
     """Float32 0-d squared norms of plain tensors, on the first tensor's device."""
     device = local[0].device
@@ -157,7 +155,7 @@ def _local_squares(local: Sequence[Tensor]) -> list[Tensor]:
 
 def _sum_over_shards(squares: list[Tensor], tensors: Sequence[Tensor]) -> list[Tensor]:
     """Add up, across the ranks that hold different shards, the squares of sharded tensors."""
-    dtensor = _dtensor_type()
+    dtensor = dtensor_type()
     if dtensor is None:
         return squares
     # One all-reduce per (mesh, sharded mesh dimensions), in the tensors' order,

@@ -44,8 +44,10 @@ from torch.optim import Optimizer
 from torch.optim.lr_scheduler import ReduceLROnPlateau
 
 from wd_lightning.core.errors import InvalidArgumentError
+from wd_lightning.core.losses import HalfMSELoss, half_mse_per_member
+from wd_lightning.core.norms import segment_norms, stacked_squared_norms
 from wd_lightning.training.cadence import logged_step, logs_this_step
-from wd_lightning.training.module import HalfMSELoss, WeightDecayModule
+from wd_lightning.training.module import WeightDecayModule
 
 __all__ = [
     "ELEMENTWISE_OPTIMIZERS",
@@ -240,8 +242,8 @@ class WeightDecayEnsemble(LightningModule):
         """The loss of every member on one batch, shape ``(members,)``."""
         predictions = self(inputs)
         if type(self._loss) is HalfMSELoss:
-            # The same ½·mean((ŷ − y)²), for all members in one expression.
-            return 0.5 * (predictions - targets).square().flatten(1).mean(1)
+            # The same loss for all members in one expression.
+            return half_mse_per_member(predictions, targets)
         return torch.func.vmap(self._loss, in_dims=(0, None))(predictions, targets)
 
     # ------------------------------------------------------------ optimizer
@@ -396,16 +398,16 @@ class WeightDecayEnsemble(LightningModule):
     def weight_norms(self) -> dict[str, Tensor]:
         """``weight_norm/<group>`` and ``weight_norm/total`` for every member, as ``(members,)``."""
         params = self.stacked_parameters()
-        squares = {
-            name: params[name].detach().float().square().flatten(1).sum(1)
-            for name in self._trainable_names()
-        }
-        zero = torch.zeros(self.num_members, device=self.alive.device)
-        result = {
-            f"weight_norm/{group}": sum((squares[n] for n in names), zero).sqrt()
-            for group, names in self.groups.items()
-        }
-        result["weight_norm/total"] = sum(squares.values(), zero).sqrt()
+        names = self._trainable_names()
+        if not names:
+            zero = torch.zeros(self.num_members, device=self.alive.device)
+            return {f"weight_norm/{group}": zero for group in [*self.groups, "total"]}
+        squares = stacked_squared_norms([params[name] for name in names])
+        group_of = {n: i for i, in_group in enumerate(self.groups.values()) for n in in_group}
+        group_ids = torch.tensor([group_of[name] for name in names], device=squares.device)
+        group_norms = segment_norms(squares, group_ids, len(self.groups))
+        result = {f"weight_norm/{group}": group_norms[i] for i, group in enumerate(self.groups)}
+        result["weight_norm/total"] = squares.sum(0).sqrt()
         return result
 
     def _write(self, values: dict[str, Tensor], step: int) -> None:

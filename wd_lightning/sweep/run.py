@@ -29,9 +29,16 @@ from lightning.pytorch import LightningDataModule, Trainer, seed_everything
 from torch import nn
 
 from wd_lightning.core import analysis
-from wd_lightning.core.errors import InvalidArgumentError
+from wd_lightning.core.errors import (
+    InvalidArgumentError,
+    check_distinct,
+    check_finite_non_negative,
+    check_int_at_least,
+)
+from wd_lightning.core.losses import HalfMSELoss
 from wd_lightning.sweep.ensemble import WeightDecayEnsemble, check_sweep_trainer
-from wd_lightning.training.module import HalfMSELoss, WeightDecayModule
+from wd_lightning.training.hparams import log_final_hparams
+from wd_lightning.training.module import WeightDecayModule
 from wd_lightning.training.tensorboard import RunWriter
 
 __all__ = [
@@ -99,22 +106,12 @@ def sweep_members(weight_decays: Iterable[Any], seeds: Iterable[Any]) -> list[Sw
         ['wd=0_seed=0', 'wd=0_seed=1', 'wd=3_seed=0', 'wd=3_seed=1']
     """
     weight_decays, seeds = list(weight_decays), list(seeds)
-    if not weight_decays:
-        raise InvalidArgumentError("weight_decays", weight_decays, "a non-empty list of λ")
+    check_distinct("weight_decays", weight_decays, "λ values")
     for value in weight_decays:
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise InvalidArgumentError("weight_decays", value, "numbers (λ values)")
-        if not (math.isfinite(value) and value >= 0):
-            raise InvalidArgumentError("weight_decays", value, "finite numbers >= 0")
-    if len(set(weight_decays)) != len(weight_decays):
-        raise InvalidArgumentError("weight_decays", weight_decays, "distinct values")
-    if not seeds:
-        raise InvalidArgumentError("seeds", seeds, "a non-empty list of integer seeds")
+        check_finite_non_negative("weight_decays", value)
+    check_distinct("seeds", seeds, "integer seeds")
     for seed in seeds:
-        if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
-            raise InvalidArgumentError("seeds", seed, "integers >= 0")
-    if len(set(seeds)) != len(seeds):
-        raise InvalidArgumentError("seeds", seeds, "distinct values")
+        check_int_at_least("seeds", seed, 0)
     return [SweepMember(float(wd), seed) for wd in weight_decays for seed in seeds]
 
 
@@ -195,7 +192,17 @@ def run_sweep(
         problem = _linear_problem(ensemble, datamodule)
         if problem is not None:
             _add_linear_analysis(rows, ensemble, problem, trainer, initial)
-        _write_hparams(writers, members, rows, trainer.global_step)
+        for writer, module, member, row in zip(writers, modules, members, rows, strict=True):
+            if row["status"] == "ok":
+                log_final_hparams(
+                    [writer],
+                    module,
+                    datamodule,
+                    weight_norm=row["total_weight_norm"],
+                    val_loss=row["val_loss"],
+                    step=trainer.global_step,
+                    seed=member.seed,
+                )
     finally:
         for writer in writers:
             writer.close()
@@ -387,21 +394,6 @@ def _curve_rows(members: list[SweepMember], ensemble: WeightDecayEnsemble) -> li
                 }
             )
     return rows
-
-
-def _write_hparams(
-    writers: list[RunWriter], members: list[SweepMember], rows: list[dict[str, Any]], step: int
-) -> None:
-    """λ and seed in each run's HPARAMS tab, against its final held-out loss and ‖w‖."""
-    from torch.utils.tensorboard.summary import hparams
-
-    for writer, member, row in zip(writers, members, rows, strict=True):
-        if row["status"] != "ok":
-            continue
-        metrics = {"hp/val_loss": row["val_loss"], "hp/weight_norm": row["total_weight_norm"]}
-        for summary in hparams({"weight_decay": member.weight_decay, "seed": member.seed}, metrics):
-            writer.add_summary(summary, 0)
-        writer.add_scalars({k: v for k, v in metrics.items() if not math.isnan(v)}, step)
 
 
 def _write_csv(path: Path, columns: Sequence[str], rows: list[dict[str, Any]]) -> None:

@@ -11,98 +11,40 @@ Example:
 
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING, Any
+from wd_lightning._lazy import lazy_exports
 
-if TYPE_CHECKING:
-    from wd_lightning.testing.contract import (
-        COUPLINGS,
-        DEFAULT_MAX_EXAMPLES,
-        Coupling,
-        check_weight_decay,
-    )
-    from wd_lightning.testing.profiles import (
-        PROFILE_ENV_VAR,
-        PROFILES,
-        load_profile_from_env,
-        register_profiles,
-    )
-    from wd_lightning.testing.strategies import (
-        DecayHyperparameters,
-        ParamAndGrads,
-        adam_options,
-        decay_hyperparameters,
-        float_dtypes,
-        params_and_grads,
-        sgd_options,
-        tensor_shapes,
-        tensors,
-    )
-    from wd_lightning.testing.tolerance import (
-        DEFAULT_ULPS,
-        assert_close_to_terms,
-        sgd_terms_magnitude,
-        terms_magnitude,
-    )
-
-# Public name -> submodule that defines it.
-_EXPORTS = {
-    "COUPLINGS": "contract",
-    "DEFAULT_MAX_EXAMPLES": "contract",
-    "Coupling": "contract",
-    "check_weight_decay": "contract",
-    "PROFILE_ENV_VAR": "profiles",
-    "PROFILES": "profiles",
-    "load_profile_from_env": "profiles",
-    "register_profiles": "profiles",
-    "DecayHyperparameters": "strategies",
-    "ParamAndGrads": "strategies",
-    "adam_options": "strategies",
-    "decay_hyperparameters": "strategies",
-    "float_dtypes": "strategies",
-    "params_and_grads": "strategies",
-    "sgd_options": "strategies",
-    "tensor_shapes": "strategies",
-    "tensors": "strategies",
-    "DEFAULT_ULPS": "tolerance",
-    "assert_close_to_terms": "tolerance",
-    "sgd_terms_magnitude": "tolerance",
-    "terms_magnitude": "tolerance",
-}
-
-__all__ = [
-    "COUPLINGS",
-    "DEFAULT_MAX_EXAMPLES",
-    "DEFAULT_ULPS",
-    "PROFILES",
-    "PROFILE_ENV_VAR",
-    "Coupling",
-    "DecayHyperparameters",
-    "ParamAndGrads",
-    "adam_options",
-    "assert_close_to_terms",
-    "check_weight_decay",
-    "decay_hyperparameters",
-    "float_dtypes",
-    "load_profile_from_env",
-    "params_and_grads",
-    "register_profiles",
-    "sgd_options",
-    "sgd_terms_magnitude",
-    "tensor_shapes",
-    "tensors",
-    "terms_magnitude",
-]
-
-
-def __getattr__(name: str) -> Any:
-    module_name = _EXPORTS.get(name)
-    if module_name is None:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    value = getattr(importlib.import_module(f"{__name__}.{module_name}"), name)
-    globals()[name] = value  # later look-ups skip this function
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(__all__))
+__all__, __getattr__, __dir__ = lazy_exports(
+    __name__,
+    globals(),
+    {
+        "wd_lightning.testing.contract": (
+            "COUPLINGS",
+            "DEFAULT_MAX_EXAMPLES",
+            "Coupling",
+            "check_weight_decay",
+        ),
+        "wd_lightning.testing.profiles": (
+            "PROFILE_ENV_VAR",
+            "PROFILES",
+            "load_profile_from_env",
+            "register_profiles",
+        ),
+        "wd_lightning.testing.strategies": (
+            "DecayHyperparameters",
+            "ParamAndGrads",
+            "adam_options",
+            "decay_hyperparameters",
+            "float_dtypes",
+            "params_and_grads",
+            "sgd_options",
+            "tensor_shapes",
+            "tensors",
+        ),
+        "wd_lightning.testing.tolerance": (
+            "DEFAULT_ULPS",
+            "assert_close_to_terms",
+            "sgd_terms_magnitude",
+            "terms_magnitude",
+        ),
+    },
+)

@@ -25,6 +25,13 @@ from hypothesis import seed as hypothesis_seed
 from hypothesis import strategies as st
 from torch import Tensor
 
+from wd_lightning.core.errors import (
+    InvalidArgumentError,
+    check_finite_positive,
+    check_in_range,
+    check_int_at_least,
+    check_one_of,
+)
 from wd_lightning.testing.strategies import decay_hyperparameters, tensor_shapes, tensors
 from wd_lightning.testing.tolerance import assert_close_to_terms, terms_magnitude
 
@@ -114,25 +121,25 @@ def check_weight_decay(
     pulls towards zero, so the coupled twin gets ``g − λ·w`` instead.
 
     Args:
-        factory: Called like an optimizer class:
+        factory: called like an optimizer class:
             ``factory(param_groups, lr=..., weight_decay=..., **optimizer_kwargs)``.
         coupling: ``"coupled"`` or ``"decoupled"``, the contract the optimizer claims.
-        optimizer_kwargs: Further constructor arguments, e.g. ``{"momentum": 0.9}``; must not
+        optimizer_kwargs: further constructor arguments, e.g. ``{"momentum": 0.9}``; must not
             contain ``params``, ``lr`` or ``weight_decay``.
-        max_examples: Number of examples Hypothesis tries, at least 1.
-        steps: Steps per example, at least 1; use 3 or more to catch decay that is skipped
+        max_examples: number of examples Hypothesis tries, at least 1.
+        steps: steps per example, at least 1; use 3 or more to catch decay that is skipped
             on some steps.
         dtype: ``torch.float32`` or ``torch.float64`` for parameters and gradients.
-        device: Where the parameters live.
-        max_decay_per_step: Upper bound on each group's ``lr·weight_decay``, in ``(0, 1)``.
-        ulps: Tolerance in units of ``eps`` per unit of term magnitude; positive.
-        seed: Fixes Hypothesis's random seed when given.
-        hypothesis_settings: Settings to start from instead of the active profile, e.g.
+        device: where the parameters live.
+        max_decay_per_step: upper bound on each group's ``lr·weight_decay``, in ``(0, 1)``.
+        ulps: tolerance in units of ``eps`` per unit of term magnitude; positive.
+        seed: fixes Hypothesis's random seed when given.
+        hypothesis_settings: settings to start from instead of the active profile, e.g.
             ``settings(phases=[Phase.generate])`` to skip shrinking a failure.
 
     Raises:
-        ValueError: If an argument is invalid (raised before any example is run).
-        AssertionError: If the contract is broken; the message says at which step, for which
+        ValueError: if an argument is invalid (raised before any example is run).
+        AssertionError: if the contract is broken; the message says at which step, for which
             group and parameter, and Hypothesis adds the falsifying example.
 
     Example:
@@ -198,31 +205,24 @@ def _validated(
 ) -> dict[str, Any]:
     """Reject bad arguments up front, so a typo is not reported as a broken optimizer."""
     if not callable(factory):
-        raise ValueError(f"`factory` must be callable like an optimizer class, got {factory!r}.")
-    if coupling not in COUPLINGS:
-        raise ValueError(f"`coupling` must be one of {COUPLINGS}, got {coupling!r}.")
+        raise InvalidArgumentError("factory", factory, "a callable like an optimizer class")
+    check_one_of("coupling", coupling, COUPLINGS)
     kwargs = dict(optimizer_kwargs or {})
     clashing = sorted(_RESERVED_KWARGS.intersection(kwargs))
     if clashing:
-        raise ValueError(
-            f"`optimizer_kwargs` must not contain {clashing}: the check sets "
-            "params, lr and weight_decay itself."
+        raise InvalidArgumentError(
+            "optimizer_kwargs", clashing, "no params, lr or weight_decay: the check sets them"
         )
-    for name, value, minimum in (("max_examples", max_examples, 1), ("steps", steps, 1)):
-        if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
-            raise ValueError(f"`{name}` must be an int >= {minimum}, got {value!r}.")
-    if dtype not in (torch.float32, torch.float64):
-        raise ValueError(f"`dtype` must be torch.float32 or torch.float64, got {dtype!r}.")
-    if not 0 < max_decay_per_step < 1:
-        raise ValueError(f"`max_decay_per_step` must lie in (0, 1), got {max_decay_per_step!r}.")
-    if not ulps > 0:
-        raise ValueError(f"`ulps` must be a number > 0, got {ulps!r}.")
-    if seed is not None and not isinstance(seed, int):
-        raise ValueError(f"`seed` must be an int or None, got {seed!r}.")
+    check_int_at_least("max_examples", max_examples, 1)
+    check_int_at_least("steps", steps, 1)
+    check_one_of("dtype", dtype, (torch.float32, torch.float64))
+    check_in_range("max_decay_per_step", max_decay_per_step, 0.0, 1.0, closed="neither")
+    check_finite_positive("ulps", ulps)
+    if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int)):
+        raise InvalidArgumentError("seed", seed, "an integer or None")
     if hypothesis_settings is not None and not isinstance(hypothesis_settings, settings):
-        raise ValueError(
-            "`hypothesis_settings` must be a hypothesis.settings object or None, "
-            f"got {hypothesis_settings!r}."
+        raise InvalidArgumentError(
+            "hypothesis_settings", hypothesis_settings, "a hypothesis.settings object or None"
         )
     return kwargs
 

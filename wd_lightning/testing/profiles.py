@@ -18,6 +18,8 @@ from collections.abc import Mapping
 
 from hypothesis import HealthCheck, settings
 
+from wd_lightning.core.errors import check_one_of
+
 __all__ = [
     "DEFAULT_PROFILE",
     "PROFILES",
@@ -68,13 +70,13 @@ def load_profile_from_env(environ: Mapping[str, str] | None = None) -> str:
     services do), else ``dev``.
 
     Args:
-        environ: Where to read the variable; ``os.environ`` when omitted.
+        environ: where to read the variable; ``os.environ`` when omitted.
 
     Returns:
         The name of the profile now active.
 
     Raises:
-        ValueError: If the variable names a profile other than ``ci``, ``dev`` or ``thorough``.
+        ValueError: if the variable names a profile other than ``ci``, ``dev`` or ``thorough``.
 
     Example:
         >>> from hypothesis import settings
@@ -91,8 +93,7 @@ def load_profile_from_env(environ: Mapping[str, str] | None = None) -> str:
     """
     environ = os.environ if environ is None else environ
     name = environ.get(PROFILE_ENV_VAR, "") or ("ci" if environ.get("CI") else DEFAULT_PROFILE)
-    if name not in PROFILES:
-        raise ValueError(f"`{PROFILE_ENV_VAR}` must be one of {PROFILES}, got {name!r}.")
+    check_one_of(PROFILE_ENV_VAR, name, PROFILES)
     register_profiles()
     settings.load_profile(name)
     return name

@@ -15,6 +15,14 @@ import torch
 from hypothesis import strategies as st
 from torch import Tensor
 
+from wd_lightning.core.errors import (
+    InvalidArgumentError,
+    check_finite_positive,
+    check_in_range,
+    check_int_at_least,
+    check_one_of,
+)
+
 __all__ = [
     "DecayHyperparameters",
     "ParamAndGrads",
@@ -66,9 +74,9 @@ def tensor_shapes(
     """Small shapes, including the 0-d shape ``()`` of scalar parameters.
 
     Args:
-        min_dims: Fewest dimensions, at least 0.
-        max_dims: Most dimensions, at least ``min_dims``.
-        max_side: Largest size of one dimension, at least 1.
+        min_dims: fewest dimensions, at least 0.
+        max_dims: most dimensions, at least ``min_dims``.
+        max_side: largest size of one dimension, at least 1.
 
     Example:
         >>> shape = tensor_shapes(max_dims=2, max_side=3).example()
@@ -93,10 +101,10 @@ def tensors(
     """Tensors of a fixed shape with finite, normal (or zero) elements.
 
     Args:
-        shape: The shape of every tensor drawn.
+        shape: the shape of every tensor drawn.
         dtype: ``torch.float32`` or ``torch.float64``; elements are exact in it.
-        device: Where the tensors are created.
-        max_magnitude: Largest absolute element value; positive.
+        device: where the tensors are created.
+        max_magnitude: largest absolute element value; positive.
 
     Example:
         >>> import torch
@@ -104,12 +112,10 @@ def tensors(
         >>> t.shape, t.dtype, bool(t.abs().max() <= 1.0)
         (torch.Size([2, 3]), torch.float64, True)
     """
-    if dtype not in _FLOAT_WIDTHS:
-        raise ValueError(f"`dtype` must be torch.float32 or torch.float64, got {dtype}.")
-    if not (isinstance(max_magnitude, int | float) and 0 < max_magnitude < math.inf):
-        raise ValueError(f"`max_magnitude` must be a finite number > 0, got {max_magnitude!r}.")
-    if not all(isinstance(side, int) and side >= 0 for side in shape):
-        raise ValueError(f"`shape` must be a tuple of ints >= 0, got {shape!r}.")
+    check_one_of("dtype", dtype, tuple(_FLOAT_WIDTHS))
+    check_finite_positive("max_magnitude", max_magnitude)
+    for index, side in enumerate(shape):
+        check_int_at_least(f"shape[{index}]", side, 0)
     elements = st.floats(
         -max_magnitude,
         max_magnitude,
@@ -136,11 +142,11 @@ def params_and_grads(
     """Starting weights and ``steps`` to ``max_steps`` gradients of the same shape.
 
     Args:
-        steps: Fewest gradients, at least 1.
-        max_steps: Most gradients; defaults to ``steps``.
+        steps: fewest gradients, at least 1.
+        max_steps: most gradients; defaults to ``steps``.
         dtype: ``torch.float32`` or ``torch.float64``.
-        device: Where the tensors are created.
-        max_magnitude: Largest absolute value of any weight or gradient element.
+        device: where the tensors are created.
+        max_magnitude: largest absolute value of any weight or gradient element.
 
     Example:
         >>> example = params_and_grads(steps=2, max_steps=3).example()
@@ -179,26 +185,21 @@ def decay_hyperparameters(
     draw is valid: nothing is filtered away, and the decay factor ``1 − lr·λ`` stays positive.
 
     Args:
-        min_lr: Smallest learning rate, > 0.
-        max_lr: Largest learning rate, ``>= min_lr``.
-        max_decay_per_step: Largest product ``lr·weight_decay``, in ``(0, 1)``.
-        allow_zero_decay: Whether ``weight_decay = 0`` may be drawn.
+        min_lr: smallest learning rate, > 0.
+        max_lr: largest learning rate, ``>= min_lr``.
+        max_decay_per_step: largest product ``lr·weight_decay``, in ``(0, 1)``.
+        allow_zero_decay: whether ``weight_decay = 0`` may be drawn.
 
     Example:
         >>> pair = decay_hyperparameters(max_decay_per_step=0.5).example()
         >>> 1e-4 <= pair.lr <= 1.0 and 0.0 <= pair.decay_per_step <= 0.5 * (1 + 1e-12)
         True
     """
-    if not (isinstance(min_lr, int | float) and 0 < min_lr <= max_lr < math.inf):
-        raise ValueError(
-            f"`min_lr` and `max_lr` must satisfy 0 < min_lr <= max_lr < inf, "
-            f"got min_lr={min_lr!r}, max_lr={max_lr!r}."
-        )
-    if not 0 < max_decay_per_step < 1:
-        raise ValueError(
-            f"`max_decay_per_step` must lie in (0, 1) so that 1 − lr·λ stays positive, "
-            f"got {max_decay_per_step!r}."
-        )
+    check_finite_positive("min_lr", min_lr)
+    if check_finite_positive("max_lr", max_lr) < min_lr:
+        raise InvalidArgumentError("max_lr", max_lr, f"a number >= min_lr ({min_lr})")
+    # Below 1, so that 1 − lr·λ stays positive.
+    check_in_range("max_decay_per_step", max_decay_per_step, 0.0, 1.0, closed="neither")
     min_product = 0.0 if allow_zero_decay else min(1e-3, max_decay_per_step)
     products = st.floats(min_product, max_decay_per_step, allow_subnormal=False)
     lrs = st.floats(min_lr, max_lr, allow_subnormal=False)
@@ -215,8 +216,8 @@ def sgd_options(draw: st.DrawFn, *, allow_nesterov: bool = True) -> dict[str, An
     torch's rule that Nesterov momentum needs ``momentum > 0`` and ``dampening == 0``.
 
     Args:
-        draw: Supplied by Hypothesis.
-        allow_nesterov: Whether ``nesterov=True`` may be drawn.
+        draw: supplied by Hypothesis.
+        allow_nesterov: whether ``nesterov=True`` may be drawn.
 
     Example:
         >>> options = sgd_options().example()
@@ -249,5 +250,4 @@ def adam_options(draw: st.DrawFn) -> dict[str, Any]:
 
 def _require_int_at_least(minimum: int, **values: int) -> None:
     for name, value in values.items():
-        if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
-            raise ValueError(f"`{name}` must be an int >= {minimum}, got {value!r}.")
+        check_int_at_least(name, value, minimum)

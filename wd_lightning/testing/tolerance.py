@@ -13,6 +13,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from wd_lightning.core.errors import InvalidArgumentError, check_finite_positive
+
 __all__ = ["DEFAULT_ULPS", "assert_close_to_terms", "sgd_terms_magnitude", "terms_magnitude"]
 
 #: Rounding units allowed per unit of term magnitude. One SGD step rounds at most about three
@@ -24,13 +26,13 @@ def terms_magnitude(*terms: Tensor | float) -> Tensor:
     """Element-wise sum of the absolute values of the terms that made up a result.
 
     Args:
-        *terms: Tensors (or numbers) that broadcast together; at least one tensor.
+        *terms: tensors (or numbers) that broadcast together; at least one tensor.
 
     Returns:
         ``Σ|term|`` in float64, so that the tolerance itself adds no rounding of note.
 
     Raises:
-        ValueError: If no tensor is given.
+        ValueError: if no tensor is given.
 
     Example:
         >>> import torch
@@ -39,7 +41,7 @@ def terms_magnitude(*terms: Tensor | float) -> Tensor:
     """
     tensors = [term for term in terms if isinstance(term, Tensor)]
     if not tensors:
-        raise ValueError("`terms` must contain at least one tensor.")
+        raise InvalidArgumentError("terms", terms, "at least one tensor")
     total = torch.zeros((), dtype=torch.float64, device=tensors[0].device)
     for term in terms:
         magnitude = term.detach().abs().to(torch.float64) if isinstance(term, Tensor) else abs(term)
@@ -51,10 +53,10 @@ def sgd_terms_magnitude(param: Tensor, grad: Tensor, *, lr: float, weight_decay:
     """Size of the terms of one SGD step with coupled decay: ``|w| + η|g| + ηλ|w|``.
 
     Args:
-        param: The weights before the step.
-        grad: The gradient (or momentum direction) of the step.
-        lr: Learning rate ``η``.
-        weight_decay: Decay coefficient ``λ``.
+        param: the weights before the step.
+        grad: the gradient (or momentum direction) of the step.
+        lr: learning rate ``η``.
+        weight_decay: decay coefficient ``λ``.
 
     Returns:
         The magnitude, element by element, in float64.
@@ -84,16 +86,16 @@ def assert_close_to_terms(
     relative, or are flushed to zero by hardware that does not keep subnormals.
 
     Args:
-        actual: The value under test.
-        expected: The reference value; shapes must match exactly.
-        magnitude: Size of the terms that produced the value, e.g. from
+        actual: the value under test.
+        expected: the reference value; shapes must match exactly.
+        magnitude: size of the terms that produced the value, e.g. from
             :func:`sgd_terms_magnitude`; summed over all steps for a trajectory.
-        ulps: How many ``eps`` to allow per unit of magnitude; must be positive.
-        msg: Text put in front of the failure description.
+        ulps: how many ``eps`` to allow per unit of magnitude; must be positive.
+        msg: text put in front of the failure description.
 
     Raises:
-        ValueError: If ``ulps`` is not positive.
-        AssertionError: If the shapes differ, a value is not finite where the reference is,
+        ValueError: if ``ulps`` is not positive.
+        AssertionError: if the shapes differ, a value is not finite where the reference is,
             or an element lies outside the tolerance. The message names the worst element.
 
     Example:
@@ -105,8 +107,7 @@ def assert_close_to_terms(
         >>> magnitude = sgd_terms_magnitude(w, g, lr=1.0, weight_decay=1e-4)
         >>> assert_close_to_terms(float32_result, exact, magnitude=magnitude)
     """
-    if not ulps > 0:
-        raise ValueError(f"`ulps` must be a number > 0, got {ulps!r}.")
+    check_finite_positive("ulps", ulps)
     prefix = f"{msg}: " if msg else ""
     if actual.shape != expected.shape:
         raise AssertionError(

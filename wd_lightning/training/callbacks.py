@@ -16,13 +16,14 @@ from torch.optim import Optimizer
 
 from wd_lightning.core.errors import InvalidArgumentError, check_int_at_least
 from wd_lightning.core.norms import (
-    _dtensor_type,
     segment_norms,
     snapshot,
     squared_distances,
     squared_norms,
 )
+from wd_lightning.core.sharding import is_sharded, whole
 from wd_lightning.training.cadence import logged_step, logs_this_step
+from wd_lightning.training.hparams import log_final_hparams
 
 __all__ = ["WeightNormMonitor"]
 
@@ -224,14 +225,11 @@ class WeightNormMonitor(Callback):
     def _histograms(self, trainer: Trainer, plan: _Plan) -> dict[str, Tensor]:
         if not any(isinstance(logger, TensorBoardLogger) for logger in trainer.loggers):
             return {}
-        dtensor = _dtensor_type()
         result = {}
         for name, tensor in zip(plan.param_names, plan.tensors, strict=True):
-            whole = tensor.detach()
-            if dtensor is not None and isinstance(whole, dtensor):
-                whole = whole.full_tensor()  # a collective: every rank gathers
+            gathered = whole(tensor.detach())  # a collective for a DTensor: every rank gathers
             if trainer.is_global_zero:
-                result[f"weight_hist/{plan.prefix}{name}"] = whole.float().cpu()
+                result[f"weight_hist/{plan.prefix}{name}"] = gathered.float().cpu()
         return result
 
     def _write_update_ratio(self, trainer: Trainer, update: _PendingUpdate) -> None:
@@ -286,15 +284,15 @@ class WeightNormMonitor(Callback):
         return {"weight decay": charts}
 
     def _write_hparams(self, trainer: Trainer, pl_module: LightningModule, total: float) -> None:
-        metrics = {"hp/weight_norm": total}
         val_loss = trainer.callback_metrics.get(self.val_loss)
-        if val_loss is not None:
-            metrics["hp/val_loss"] = float(val_loss)
-        datamodule = getattr(trainer, "datamodule", None)
-        params = {**getattr(datamodule, "hparams", {}), **pl_module.hparams}
-        for logger in trainer.loggers:
-            if isinstance(logger, TensorBoardLogger):
-                logger.log_hyperparams(params, metrics, step=logged_step(trainer))
+        log_final_hparams(
+            [logger for logger in trainer.loggers if isinstance(logger, TensorBoardLogger)],
+            pl_module,
+            getattr(trainer, "datamodule", None),
+            weight_norm=total,
+            val_loss=None if val_loss is None else float(val_loss),
+            step=logged_step(trainer),
+        )
 
 
 @dataclass
@@ -339,7 +337,6 @@ class _Plan:
         modules = [name.rpartition(".")[0] or ROOT_MODULE for name in param_names]
         module_order = list(dict.fromkeys(modules))
         device = tensors[0].device if tensors else torch.device("cpu")
-        dtensor = _dtensor_type()
         return cls(
             tensors=tensors,
             param_names=param_names,
@@ -351,7 +348,7 @@ class _Plan:
             param_tags=[f"weight_norm/{prefix}param/{name}" for name in param_names],
             module_tags=[f"weight_norm/{prefix}module/{name}" for name in module_order],
             prefix=prefix,
-            sharded=dtensor is not None and any(isinstance(t, dtensor) for t in tensors),
+            sharded=any(is_sharded(t) for t in tensors),
             group_ids=torch.tensor(group_ids, dtype=torch.long, device=device),
             module_ids=torch.tensor(
                 [module_order.index(m) for m in modules], dtype=torch.long, device=device

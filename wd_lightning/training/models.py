@@ -16,7 +16,8 @@ from wd_lightning.core.errors import (
     check_int_at_least,
 )
 from wd_lightning.core.grouping import DecayRules
-from wd_lightning.training.module import HalfMSELoss, Penalty, WeightDecayModule
+from wd_lightning.core.losses import HalfMSELoss
+from wd_lightning.training.module import Penalty, WeightDecayModule
 
 __all__ = ["MLP", "LinearRegression"]
 

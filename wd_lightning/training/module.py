@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import functools
 import inspect
-import math
 import numbers
 import os
 import re
@@ -28,9 +27,12 @@ from wd_lightning.core.errors import (
     InvalidArgumentError,
     TrainingDivergedError,
     check_finite_non_negative,
+    check_finite_positive,
 )
 from wd_lightning.core.grouping import DecayRules, ParamGroupsReport, explain_param_groups
-from wd_lightning.core.norms import _dtensor_type, squared_norms
+from wd_lightning.core.losses import HalfMSELoss
+from wd_lightning.core.norms import squared_norms
+from wd_lightning.core.sharding import is_sharded
 from wd_lightning.training.cadence import logs_this_step
 from wd_lightning.training.checkpoints import is_local_path, read_checkpoint
 from wd_lightning.training.compat import (
@@ -39,7 +41,7 @@ from wd_lightning.training.compat import (
     searching_learning_rate,
 )
 
-__all__ = ["HalfMSELoss", "Penalty", "WeightDecayModule"]
+__all__ = ["Penalty", "WeightDecayModule"]
 
 Penalty = Literal["optimizer", "loss"]
 
@@ -47,21 +49,6 @@ Penalty = Literal["optimizer", "loss"]
 _MISMATCH = re.compile(r"shape|size|dimension|channels|elements|dtype|scalar type", re.IGNORECASE)
 # ... and when an index does not: a model's own bug even when it mentions a size.
 _INDEX_ERROR = re.compile(r"\bindex\b|out of (bounds|range)", re.IGNORECASE)
-
-
-class HalfMSELoss(nn.Module):
-    """½·(ŷ − y)² averaged over the batch: the article's loss, whose gradient has no stray 2."""
-
-    def forward(self, prediction: Tensor, target: Tensor) -> Tensor:
-        if prediction.shape != target.shape:
-            # (N, 1) − (N,) broadcasts to (N, N): a wrong loss that trains without complaint.
-            raise BatchMismatchError(
-                "targets",
-                tuple(target.shape),
-                f"the model predicts shape {tuple(prediction.shape)}, and ½-MSE needs targets "
-                "of the same shape (it would broadcast them to a different loss)",
-            )
-        return 0.5 * torch.mean((prediction - target) ** 2)
 
 
 class WeightDecayModule(LightningModule):
@@ -226,8 +213,7 @@ class WeightDecayModule(LightningModule):
         except ImportError:  # torch < 2.6 keeps FSDP2 under its first name
             from torch.distributed._composable.fsdp import fully_shard
 
-        dtensor = _dtensor_type()
-        if dtensor is not None and any(isinstance(p, dtensor) for p in self.model.parameters()):
+        if any(is_sharded(p) for p in self.model.parameters()):
             return
         tensor_parallel = self.device_mesh["tensor_parallel"].size()
         if tensor_parallel > 1:
@@ -565,10 +551,8 @@ def _check_factory(factory: Any, needs_weight_decay: bool) -> None:
 
 
 def _check_lr(lr: Any) -> None:
-    if isinstance(lr, Tensor):
-        lr = lr.item()
-    if lr is not None and not (isinstance(lr, (int, float)) and math.isfinite(lr) and lr > 0):
-        raise InvalidArgumentError("optimizer.lr", lr, "a finite number > 0")
+    if lr is not None:
+        check_finite_positive("optimizer.lr", lr)
 
 
 def _check_optimizer(optimizer: Optimizer, needs_weight_decay: bool) -> None:
