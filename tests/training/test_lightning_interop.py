@@ -453,3 +453,22 @@ def test_checkpoint_then_test_through_the_cli(tmp_path, capsys):
     assert tested.trainer.callback_metrics["test/loss"].item() == pytest.approx(
         fitted.trainer.callback_metrics["val/loss"].item()
     )
+
+
+# -------------------------------------------- optimizers that need the training set-up
+@pytest.mark.slow
+def test_zero_redundancy_optimizer_is_built_where_its_process_group_exists(tmp_path):
+    # Outside a process group it cannot be built; the module must not try at construction.
+    from torch.distributed.optim import ZeroRedundancyOptimizer
+
+    factory = partial(ZeroRedundancyOptimizer, optimizer_class=torch.optim.SGD, lr=0.003)
+    module, _, trainer = _fit(
+        lambda: LinearRegression(weight_decay=3.0, optimizer=factory),
+        strategy="ddp",
+        default_root_dir=tmp_path,
+    )
+    optimizer = trainer.optimizers[0]
+    assert isinstance(optimizer, ZeroRedundancyOptimizer)
+    assert [g["weight_decay"] for g in optimizer.param_groups] == [3.0, 0.0]
+    eager, _, _ = _fit()
+    _assert_same_weights(_weights(module), _weights(eager))

@@ -557,6 +557,9 @@ def _check_lr(lr: Any) -> None:
 
 def _check_optimizer(optimizer: Optimizer, needs_weight_decay: bool) -> None:
     """Reject optimizers that would silently ignore or override the groups' λ, or a bad lr."""
+    # A ZeroRedundancyOptimizer shards the state of the optimizer it wraps, which
+    # does the updating: that one's weight_decay is what counts.
+    optimizer = getattr(optimizer, "optim", optimizer)
     name = type(optimizer).__name__
     if needs_weight_decay and "weight_decay" not in optimizer.defaults:
         raise InvalidArgumentError(
