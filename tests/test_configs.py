@@ -1,5 +1,6 @@
 """Every shipped config parses, instantiates, and runs the article's experiment."""
 
+import importlib.util
 import statistics
 
 import pytest
@@ -7,12 +8,26 @@ import torch
 
 from tests.fits import CONFIGS
 from wd_lightning.cli import WeightDecayCLI, main
-from wd_lightning.sweep.plots import read_table
+from wd_lightning.sweep.plots import FIGURES, read_table
 
 SHIPPED = sorted(CONFIGS.glob("*.yaml"))
 # Sweep configs hold the grid (weight_decays, seeds) on top of a fit's sections.
 SWEEPS = [path for path in SHIPPED if "weight_decays:" in path.read_text()]
 FITS = [path for path in SHIPPED if path not in SWEEPS]
+# The digits configs need scikit-learn (the "digits" extra), which ships the data.
+NEEDS_SKLEARN = pytest.mark.skipif(
+    importlib.util.find_spec("sklearn") is None,
+    reason="scikit-learn (the 'digits' extra: pip install 'wd-lightning[digits]') ships the digits",
+)
+
+
+def _marked(paths):
+    return [
+        pytest.param(path, marks=NEEDS_SKLEARN) if path.name.startswith("digits") else path
+        for path in paths
+    ]
+
+
 QUIET = [
     "--trainer.logger", "false",
     "--trainer.enable_checkpointing", "false",
@@ -23,10 +38,11 @@ QUIET = [
 
 def test_configs_are_shipped():
     assert {path.name for path in FITS} >= {"d2l_no_decay.yaml", "d2l_weight_decay.yaml"}
-    assert {path.name for path in SWEEPS} == {"sweep.yaml", "ucurve.yaml"}
+    assert {path.name for path in SWEEPS} == {"sweep.yaml", "ucurve.yaml", "digits_sweep.yaml"}
+    assert "digits_fit.yaml" in {path.name for path in FITS}
 
 
-@pytest.mark.parametrize("config", FITS, ids=lambda path: path.name)
+@pytest.mark.parametrize("config", _marked(FITS), ids=lambda path: path.name)
 def test_config_parses_and_instantiates(config):
     cli = WeightDecayCLI(args=["--config", str(config)], run=False)
     optimizer = cli.model.configure_optimizers()
@@ -72,13 +88,14 @@ def test_mlp_classifier_example_learns(tmp_path):
     assert cli.trainer.callback_metrics["val/accuracy"] > 0.6  # chance is 1/3
 
 
-@pytest.mark.parametrize("config", SWEEPS, ids=lambda path: path.name)
+@pytest.mark.parametrize("config", _marked(SWEEPS), ids=lambda path: path.name)
 def test_sweep_config_parses(config, capsys):
     with pytest.raises(SystemExit) as exited:
         main(["sweep", "--config", str(config), "--print_config"])
     assert exited.value.code == 0
     printed = capsys.readouterr().out
-    assert "weight_decays:" in printed and "wd_lightning.LinearRegression" in printed
+    model = "WeightDecayModule" if config.name.startswith("digits") else "LinearRegression"
+    assert "weight_decays:" in printed and f"wd_lightning.{model}" in printed
     assert "#" in config.read_text(), "shipped configs are commented"
 
 
@@ -86,7 +103,8 @@ def _sweep(config: str, tmp_path) -> dict[float, list[dict]]:
     """The shipped sweep's summary rows, by λ."""
     output_dir = tmp_path / "sweep"
     main(["sweep", "--config", str(CONFIGS / config), "--output_dir", str(output_dir)])
-    assert len(list((output_dir / "figures").glob("*.png"))) == 3
+    figures = {path.name for path in (output_dir / "figures").glob("*.png")}
+    assert figures == {*FIGURES, "val_mse_vs_weight_decay.png"}
     by_weight_decay: dict[float, list[dict]] = {}
     for row in read_table(output_dir / "summary.csv"):
         by_weight_decay.setdefault(row["weight_decay"], []).append(row)
@@ -122,3 +140,40 @@ def test_ucurve_sweep_has_a_u_shaped_held_out_loss(tmp_path):
     assert held_out[smallest] > 2 * held_out[best] and held_out[largest] > 1.2 * held_out[best]
     ridge = {wd: members[0]["ridge_val_loss"] for wd, members in rows.items()}
     assert ridge[smallest] > 2 * min(ridge.values()) and ridge[largest] > min(ridge.values())
+
+
+@NEEDS_SKLEARN
+@pytest.mark.slow
+def test_digits_fit_runs_and_shows_the_timescale(tmp_path, caplog):
+    # A few epochs only: the full run is the README's command, not a test.
+    args = ["fit", "--config", str(CONFIGS / "digits_fit.yaml"), "--trainer.max_epochs", "10"]
+    with caplog.at_level("INFO"):
+        cli = WeightDecayCLI(args=[*args, "--trainer.default_root_dir", str(tmp_path), *QUIET])
+    assert isinstance(cli.trainer.optimizers[0], torch.optim.AdamW)
+    assert cli.trainer.global_step == 40
+    assert cli.trainer.callback_metrics["val/accuracy"] > 0.5  # chance is 0.1; 0.754 measured
+    (tested,) = cli.trainer.test(cli.model, datamodule=cli.datamodule, verbose=False)
+    assert set(tested) == {"test/loss", "test/accuracy"} and tested["test/accuracy"] > 0.5
+    weight_decay, lr = cli.model.weight_decay, cli.trainer.optimizers[0].param_groups[0]["lr"]
+    decay_row = next(line for line in caplog.text.splitlines() if line.startswith("decay "))
+    assert decay_row.split()[-2:] == [
+        f"{1 / (lr * weight_decay):.3g}",
+        f"{0.25 / (lr * weight_decay):.3g}",
+    ]
+
+
+@NEEDS_SKLEARN
+@pytest.mark.slow
+def test_digits_sweep_runs_from_the_cli(tmp_path):
+    # The shipped grid's first and last λ, one seed, two epochs: the CLI path end to end.
+    output_dir = tmp_path / "digits"
+    config = str(CONFIGS / "digits_sweep.yaml")
+    main(["sweep", "--config", config, "--output_dir", str(output_dir), "--seeds", "[0]",
+          "--weight_decays", "[0, 30]", "--trainer.max_epochs", "2"])  # fmt: skip
+    rows = read_table(output_dir / "summary.csv")
+    assert [row["weight_decay"] for row in rows] == [0, 30]
+    assert all(row["status"] == "ok" and 0 <= row["val_accuracy"] <= 1 for row in rows)
+    assert rows[0]["timescale_steps"] == float("inf")
+    assert rows[1]["init_remaining"] == pytest.approx((1 - 0.003 * 30) ** 8)
+    figures = {path.name for path in (output_dir / "figures").glob("*.png")}
+    assert "val_accuracy_vs_weight_decay.png" in figures

@@ -41,3 +41,11 @@ def test_explain_output_in_readme_is_current():
     from wd_lightning.testing.model_zoo import WrappedViT
 
     assert str(explain_param_groups(WrappedViT(), 0.05)) in README
+
+
+def test_timescale_report_in_readme_is_the_book_runs():
+    from wd_lightning import LinearRegression
+
+    module = LinearRegression()  # the book's λ = 3, SGD at lr 0.003; 4 steps per epoch
+    report = module.param_groups_report.summary(module.configure_optimizers(), steps_per_epoch=4)
+    assert report in README

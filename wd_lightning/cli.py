@@ -521,6 +521,10 @@ def main(args: Sequence[str] | None = None) -> None:
     try:
         if argv[:1] == ["plot"]:
             plot(argv[1:])
+        elif argv[:1] == ["check-optimizer"]:
+            from wd_lightning.testing.check_optimizer import check_optimizer
+
+            raise SystemExit(check_optimizer(argv[1:], prog=f"{PROG} check-optimizer"))
         else:
             # args=None lets Lightning read sys.argv itself (it warns when given both).
             WeightDecayCLI(args=None if args is None else argv)

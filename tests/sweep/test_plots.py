@@ -36,9 +36,10 @@ def _assert_real_figure(path):
     assert (pixels.sum(axis=2) < 2.9).mean() > 0.01
 
 
-def test_write_figures_draws_the_three_figures(sweep_dir):
+def test_write_figures_draws_the_three_figures_and_one_per_metric(sweep_dir):
     paths = write_figures(sweep_dir)
-    assert [path.name for path in paths] == list(FIGURES)
+    # LinearRegression validates with torchmetrics' MSE: the sweep's val_mse column.
+    assert [path.name for path in paths] == [*FIGURES, "val_mse_vs_weight_decay.png"]
     for path in paths:
         _assert_real_figure(path)
 

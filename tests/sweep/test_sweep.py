@@ -175,10 +175,16 @@ def test_outputs_one_run_per_member_and_the_tables(tmp_path, capsys):
     ]
     with (output_dir / "summary.csv").open() as handle:
         header = next(csv.reader(handle))
-    assert tuple(header) == SUMMARY_COLUMNS
+    # LinearRegression validates with torchmetrics' MSE: one column per validation metric.
+    assert tuple(header) == (*SUMMARY_COLUMNS, "val_mse")
     rows = read_table(output_dir / "summary.csv")
     assert [(r["weight_decay"], r["seed"]) for r in rows] == [(0, 0), (0, 1), (3, 0), (3, 1)]
     assert all(r["ridge_weight_norm"] > 0 and r["distance_to_ridge"] > 0 for r in rows)
+    assert all(math.isclose(r["val_mse"], 2 * r["val_loss"], rel_tol=1e-5) for r in rows)
+    # The decay timescale of SGD at lr 0.003: τ = 1/(ηλ), and (1 − ηλ)^T left of w₀.
+    assert [r["timescale_steps"] for r in rows[:2]] == [math.inf, math.inf]
+    assert math.isclose(rows[2]["timescale_steps"], 1 / 0.009, rel_tol=1e-12)
+    assert math.isclose(rows[2]["init_remaining"], 0.991 ** rows[2]["steps"], rel_tol=1e-12)
     curves = read_table(output_dir / "curves.csv")
     assert len(curves) == 4 * 3 and {c["epoch"] for c in curves} == {0, 1, 2}
     assert (output_dir / "ridge_curve.csv").exists() and (output_dir / "config.yaml").exists()
@@ -186,6 +192,9 @@ def test_outputs_one_run_per_member_and_the_tables(tmp_path, capsys):
     assert "‖w*‖" in out and "summary.csv" in out
     hparams = read_scalars(output_dir / "runs" / "wd=3_seed=1")
     assert {"hp/val_loss", "hp/weight_norm"} <= set(hparams)
+    assert hparams["weight_decay/init_remaining/decay"][-1][1] == pytest.approx(
+        rows[3]["init_remaining"]
+    )
 
 
 def test_the_sweep_reports_the_null_space_prediction(tmp_path):

@@ -152,7 +152,11 @@ def test_passes_torch_optimizers_in_each_dtype_and_device(dtype: torch.dtype, de
             id="decays-gradless-adamw",
         ),
         pytest.param(
-            broken.GradMutatingSGD, "coupled", {}, "modified .grad in place", id="mutated-grad"
+            broken.GradMutatingSGD,
+            "coupled",
+            {"grad_writes": "fail"},
+            "modified .grad in place",
+            id="mutated-grad",
         ),
         pytest.param(
             broken.UnscaledDecayAdamW,
@@ -189,9 +193,16 @@ def test_passes_torch_optimizers_in_each_dtype_and_device(dtype: torch.dtype, de
     ],
 )
 def test_catches_mistake(factory: Any, coupling: Any, kwargs: dict[str, Any], message: str) -> None:
+    # Options of the check itself travel in the same dict as the optimizer's.
+    kwargs = dict(kwargs)
+    check_options = {"grad_writes": kwargs.pop("grad_writes")} if "grad_writes" in kwargs else {}
     with pytest.raises(AssertionError, match=message) as caught:
         check_weight_decay(
-            factory, coupling, optimizer_kwargs=kwargs, hypothesis_settings=_without_shrinking()
+            factory,
+            coupling,
+            optimizer_kwargs=kwargs,
+            hypothesis_settings=_without_shrinking(),
+            **check_options,
         )
     # Hypothesis attaches the falsifying example to the error.
     notes = "\n".join(getattr(caught.value, "__notes__", []))
@@ -249,6 +260,12 @@ def test_same_seed_gives_same_falsifying_example() -> None:
         ({"ulps": 0}, "ulps=.* is not allowed"),
         ({"seed": "abc"}, "seed=.* is not allowed"),
         ({"hypothesis_settings": {"max_examples": 5}}, "hypothesis_settings=.* is not allowed"),
+        ({"warmup_steps": -1}, "warmup_steps=.* is not allowed"),
+        ({"grad_writes": "raise"}, "grad_writes=.* is not allowed"),
+        ({"closure": "yes"}, "closure=.* is not allowed"),
+        ({"shapes": (2, 2)}, "shapes=.* is not allowed"),
+        ({"group_options": {"lr": 1.0}}, "group_options=.* is not allowed"),
+        ({"dtype": [torch.float32, torch.int64]}, "dtype=.* is not allowed"),
     ],
 )
 def test_rejects_bad_arguments_before_running(arguments: dict[str, Any], message: str) -> None:

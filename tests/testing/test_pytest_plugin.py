@@ -57,11 +57,16 @@ def test_one_conftest_line_gives_a_project_the_fixtures(pytester: pytest.Pyteste
 
             def test_comparison_fixture(assert_close_to_terms):
                 assert_close_to_terms(torch.ones(2), torch.ones(2), magnitude=1.0)
+
+            def test_identify_fixture(identify_weight_decay):
+                assert identify_weight_decay(torch.optim.AdamW, max_examples=3).contracts == (
+                    "decoupled",
+                )
             """
         )
     )
     result = pytester.runpytest_inprocess("-p", "no:cacheprovider")
-    result.assert_outcomes(passed=3)
+    result.assert_outcomes(passed=4)
 
 
 def test_the_plugin_changes_nothing_but_adds_fixtures(pytester: pytest.Pytester) -> None:
@@ -80,7 +85,9 @@ def test_the_plugin_changes_nothing_but_adds_fixtures(pytester: pytest.Pytester)
         )
     )
     result = pytester.runpytest_inprocess("-p", PLUGIN, "-p", "no:cacheprovider", "--fixtures")
-    result.stdout.fnmatch_lines(["*check_weight_decay*", "*assert_close_to_terms*"])
+    result.stdout.fnmatch_lines(
+        ["*check_weight_decay*", "*assert_close_to_terms*", "*identify_weight_decay*"]
+    )
     result = pytester.runpytest_inprocess("-p", PLUGIN, "-p", "no:cacheprovider")
     result.assert_outcomes(passed=1)
 

@@ -355,6 +355,7 @@ def test_custom_scalars_layout_is_written_once(tmp_path):
             r"^weight_norm/no_decay$",
             r"^weight_norm/total$",
         ],
+        "initial weights remaining per group": [r"^weight_decay/init_remaining/decay$"],
     }
 
 

@@ -34,6 +34,7 @@ from wd_lightning.core.errors import (
     check_finite_non_negative,
     check_finite_positive,
 )
+from wd_lightning.core.timescale import format_timescale, group_decay
 
 __all__ = [
     "DECAY",
@@ -196,23 +197,68 @@ class ParamGroupsReport:
             )
         return rows
 
-    def summary(self, optimizer: Any = None) -> str:
-        """A compact table: group, tensors, elements, λ, lr."""
-        header = ("group", "tensors", "elements", "weight_decay", "lr")
-        body = [(g, f"{t}", f"{e:,}", f"{wd:g}", lr) for g, t, e, wd, lr in self.rows(optimizer)]
+    def timescales(
+        self, optimizer: Any, steps_per_epoch: int | None = None
+    ) -> list[tuple[str, str]]:
+        """``(τ in steps, τ in epochs)`` per group at ``optimizer``'s current learning rates.
+
+        τ = 1/(lr·λ) optimizer steps (see :mod:`wd_lightning.core.timescale`):
+        ``-`` for groups that do not decay, ``no closed form`` where an
+        adaptive optimizer applies λ through its gradient (coupled).
+        """
+        cells = []
+        for group, used in zip(self.groups, optimizer.param_groups, strict=True):
+            decay = group_decay(optimizer, used, weight_decay=group["weight_decay"])
+            lr = used.get("lr")
+            cells.append(
+                format_timescale(decay, None if lr is None else float(lr), steps_per_epoch)
+            )
+        return cells
+
+    def summary(self, optimizer: Any = None, steps_per_epoch: int | None = None) -> str:
+        """A compact table: group, tensors, elements, λ, lr, and with an optimizer the timescale τ.
+
+        τ is in optimizer steps, and in epochs when ``steps_per_epoch`` is given.
+        """
+        header = ["group", "tensors", "elements", "weight_decay", "lr"]
+        body = [[g, f"{t}", f"{e:,}", f"{wd:g}", lr] for g, t, e, wd, lr in self.rows(optimizer)]
+        notes = []
+        if optimizer is not None:
+            header.append("τ (steps)")
+            if steps_per_epoch:
+                header.append("τ (epochs)")
+            for row, (steps, epochs) in zip(
+                body, self.timescales(optimizer, steps_per_epoch), strict=True
+            ):
+                row += [steps, epochs] if steps_per_epoch else [steps]
+            notes = [f"τ: {line}" for line in self._timescale_notes(optimizer)]
         widths = [max(len(row[i]) for row in [header, *body]) for i in range(len(header))]
         lines = [
             "  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True))
             for row in [header, *body]
         ]
-        return "\n".join(line.rstrip() for line in lines)
+        return "\n".join([*(line.rstrip() for line in lines), *notes])
 
-    def markdown(self, optimizer: Any = None) -> str:
+    def markdown(self, optimizer: Any = None, steps_per_epoch: int | None = None) -> str:
         """The summary and the per-parameter decisions as Markdown (TensorBoard's text tab)."""
-        lines = ["| group | tensors | elements | weight_decay | lr |", "|---|---|---|---|---|"]
-        lines += [
-            f"| {g} | {t} | {e:,} | {wd:g} | {lr} |" for g, t, e, wd, lr in self.rows(optimizer)
-        ]
+        if optimizer is None:
+            lines = ["| group | tensors | elements | weight_decay | lr |", "|---|---|---|---|---|"]
+            lines += [
+                f"| {g} | {t} | {e:,} | {wd:g} | {lr} |" for g, t, e, wd, lr in self.rows(optimizer)
+            ]
+        else:
+            lines = [
+                "| group | tensors | elements | weight_decay | lr | τ (steps) | τ (epochs) |",
+                "|---|---|---|---|---|---|---|",
+            ]
+            timescales = self.timescales(optimizer, steps_per_epoch)
+            lines += [
+                f"| {g} | {t} | {e:,} | {wd:g} | {lr} | {steps} | {epochs} |"
+                for (g, t, e, wd, lr), (steps, epochs) in zip(
+                    self.rows(optimizer), timescales, strict=True
+                )
+            ]
+            lines += ["", *self._timescale_notes(optimizer)]
         lines += ["", "| parameter | shape | group | rule |", "|---|---|---|---|"]
         for d in self.decisions:
             lines.append(f"| `{d.name}` | {list(d.shape)} | {d.group} | {d.rule} |")
@@ -220,6 +266,18 @@ class ParamGroupsReport:
             f"| `{name}` | | (frozen, left out) | requires_grad=False |" for name in self.frozen
         ]
         return "\n".join(lines)
+
+    def _timescale_notes(self, optimizer: Any) -> list[str]:
+        """What τ means here, once per distinct rule among the decayed groups."""
+        rules = {
+            group_decay(optimizer, used, weight_decay=group["weight_decay"]).describe(): None
+            for group, used in zip(self.groups, optimizer.param_groups, strict=True)
+            if group["weight_decay"] and group["params"]
+        }
+        if not rules:
+            return []
+        meaning = "optimizer steps until 1/e of the initial weights is left, at the current lr"
+        return [f"{meaning}; {'; '.join(rules)}"]
 
     def __str__(self) -> str:
         width = max((len(d.name) for d in self.decisions), default=0)

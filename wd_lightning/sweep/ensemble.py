@@ -23,10 +23,17 @@ when the fit starts (see :meth:`on_fit_start`).
 Members never mix: the summed loss gives each its own gradient, and a member
 whose loss turns non-finite is recorded as diverged and dropped from the sum
 while the others train on.
+
+Like :class:`~wd_lightning.WeightNormMonitor` in a fit, the ensemble tracks
+for each member the factor ∏(1 − lr·λ) by which decay has multiplied its
+initial weights (``weight_decay/init_remaining/<group>``), where that has a
+closed form (SGD, or decoupled decay), and evaluates the template's
+``val_metrics`` for every member (``val/<name>``).
 """
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from functools import partial
@@ -46,6 +53,7 @@ from torch.optim.lr_scheduler import ReduceLROnPlateau
 from wd_lightning.core.errors import InvalidArgumentError
 from wd_lightning.core.losses import HalfMSELoss, half_mse_per_member
 from wd_lightning.core.norms import segment_norms, stacked_squared_norms
+from wd_lightning.core.timescale import GroupDecay, InitialWeightFactor, group_decay
 from wd_lightning.training.cadence import logged_step, logs_this_step
 from wd_lightning.training.module import WeightDecayModule
 
@@ -79,11 +87,14 @@ class EnsembleRecord:
 
     ``train_loss`` is each epoch's mean training loss over its batches (before
     each step, as logged); ``val_loss`` the held-out loss at each validation;
-    ``last_train_loss`` the last ``train/loss`` written to the logs.
+    ``val_metrics`` the template's validation metrics at each validation, by
+    tag (``val/accuracy``); ``last_train_loss`` the last ``train/loss``
+    written to the logs.
     """
 
     train_loss: list[tuple[int, int, Tensor]] = field(default_factory=list)
     val_loss: list[tuple[int, int, Tensor]] = field(default_factory=list)
+    val_metrics: list[tuple[int, int, dict[str, Tensor]]] = field(default_factory=list)
     last_train_loss: Tensor | None = None
 
 
@@ -99,7 +110,8 @@ class WeightDecayEnsemble(LightningModule):
     Logged per member, through ``writers[i]`` (an object with
     ``add_scalars(values, step)``, e.g. :class:`~wd_lightning.training.tensorboard.RunWriter`),
     with the tags and steps a fit of that member writes: ``train/loss``,
-    ``val/loss`` and ``weight_norm/<group>`` / ``weight_norm/total``.
+    ``val/loss``, ``val/<metric>``, ``weight_norm/<group>`` /
+    ``weight_norm/total`` and ``weight_decay/init_remaining/<group>``.
 
     Args:
         members: the modules to train together (at least one).
@@ -156,6 +168,12 @@ class WeightDecayEnsemble(LightningModule):
             name: torch.tensor([_decay_of(member, name) for member in members], dtype=torch.float64)
             for name in self._trainable_names()
         }
+        # Each member needs metric state of its own; registered, so they follow the device.
+        self.member_metrics = nn.ModuleList(
+            [copy.deepcopy(template.val_metrics) for _ in members] if template.val_metrics else []
+        )
+        # Per decayed group with a closed form: one factor per member (on_fit_start).
+        self.init_remaining: dict[str, list[InitialWeightFactor]] = {}
         self.register_buffer("alive", torch.ones(self.num_members, dtype=torch.bool))
         self.register_buffer("diverged_at", torch.full((self.num_members,), -1))
         self.record = EnsembleRecord()
@@ -240,7 +258,9 @@ class WeightDecayEnsemble(LightningModule):
 
     def member_losses(self, inputs: Tensor, targets: Tensor) -> Tensor:
         """The loss of every member on one batch, shape ``(members,)``."""
-        predictions = self(inputs)
+        return self._losses(self(inputs), targets)
+
+    def _losses(self, predictions: Tensor, targets: Tensor) -> Tensor:
         if type(self._loss) is HalfMSELoss:
             # The same loss for all members in one expression.
             return half_mse_per_member(predictions, targets)
@@ -266,7 +286,9 @@ class WeightDecayEnsemble(LightningModule):
             raise InvalidArgumentError(
                 "optimizer", kind, "an element-wise optimizer: " + ", ".join(ELEMENTWISE_OPTIMIZERS)
             )
-        self._coupled = not is_decoupled(optimizer)
+        # Coupled: λ·w joins the gradient (the optimizer's coupled decay, or the loss's penalty).
+        self._coupled = template.penalty == "loss" or not is_decoupled(optimizer)
+        self.init_remaining = self._initial_weight_factors(optimizer)
         if template.lr_scheduler_factory is None:
             return optimizer
         scheduler = template.lr_scheduler_factory(optimizer)
@@ -299,11 +321,44 @@ class WeightDecayEnsemble(LightningModule):
             if factors.any()
         }
 
+    def _initial_weight_factors(self, optimizer: Optimizer) -> dict[str, list[InitialWeightFactor]]:
+        """A factor per member for each decayed group whose decay has a closed form."""
+        factors = {}
+        for group in optimizer.param_groups:
+            names = self.groups.get(group["name"], [])
+            decays = [self.decay_factors[n] for n in names if n in self.decay_factors]
+            if not decays or not decays[0].any():
+                continue
+            rules = []
+            for weight_decay in decays[0].tolist():
+                if not self._coupled:
+                    rules.append(
+                        GroupDecay("decoupled", weight_decay, optimizer=type(optimizer).__name__)
+                    )
+                else:  # λ·w joins the gradient here, as a loss penalty would
+                    rules.append(group_decay(optimizer, group, weight_decay=weight_decay))
+            if all(rule.has_closed_form or rule.kind == "none" for rule in rules):
+                factors[group["name"]] = [InitialWeightFactor(rule) for rule in rules]
+        return factors
+
+    def _init_remaining_values(self) -> dict[str, Tensor]:
+        device = self.alive.device
+        return {
+            f"weight_decay/init_remaining/{name}": torch.tensor(
+                [float(f.value) for f in factors], device=device
+            )
+            for name, factors in self.init_remaining.items()
+        }
+
     @torch.no_grad()
     def on_before_optimizer_step(self, optimizer: Optimizer) -> None:
         # Norms are of the weights the step starts from, as the weight-norm monitor logs them.
         if self.writers is not None and logs_this_step(self.trainer):
-            self._write(self.weight_norms(), logged_step(self.trainer))
+            values = {**self.weight_norms(), **self._init_remaining_values()}
+            self._write(values, logged_step(self.trainer))
+        for group in optimizer.param_groups:
+            for factor in self.init_remaining.get(group.get("name"), []):
+                factor.step(group["lr"])
 
     def configure_gradient_clipping(
         self,
@@ -374,24 +429,46 @@ class WeightDecayEnsemble(LightningModule):
 
     def validation_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:
         inputs, targets = batch
-        weighted = self.member_losses(inputs, targets).detach() * len(inputs)
+        predictions = self(inputs)
+        if self.member_metrics:
+            for metrics, prediction in zip(self.member_metrics, predictions, strict=True):
+                metrics.update(prediction, targets)
+        weighted = self._losses(predictions, targets).detach() * len(inputs)
         self._val_sum = weighted if self._val_sum is None else self._val_sum + weighted
         self._val_count += len(inputs)
 
     def on_validation_epoch_end(self) -> None:
         val_sum, count = self._val_sum, self._val_count
         self._val_sum, self._val_count = None, 0
+        metrics = self._compute_member_metrics() if val_sum is not None else {}
         if self.trainer.sanity_checking or val_sum is None:
             return
         val_loss = torch.where(self.alive, val_sum / count, torch.nan)
         step = logged_step(self.trainer)
         self.record.val_loss.append((self.current_epoch, step, val_loss))
+        if metrics:
+            self.record.val_metrics.append((self.current_epoch, step, metrics))
         if self.writers is not None:
-            self._write({"val/loss": val_loss}, step)
+            self._write({"val/loss": val_loss, **metrics}, step)
+
+    def _compute_member_metrics(self) -> dict[str, Tensor]:
+        """Each member's validation metrics, ``{"val/<name>": (members,)}``, then reset them."""
+        if not self.member_metrics:
+            return {}
+        computed = [metrics.compute() for metrics in self.member_metrics]
+        for metrics in self.member_metrics:
+            metrics.reset()
+        values = {}
+        for tag in computed[0]:
+            if all(c[tag].numel() == 1 for c in computed):  # a scalar per member
+                stacked = torch.stack([c[tag].reshape(()).float() for c in computed])
+                values[tag] = torch.where(self.alive, stacked.to(self.alive.device), torch.nan)
+        return values
 
     def on_train_end(self) -> None:
         if self.writers is not None:
-            self._write(self.weight_norms(), logged_step(self.trainer))
+            values = {**self.weight_norms(), **self._init_remaining_values()}
+            self._write(values, logged_step(self.trainer))
 
     # -------------------------------------------------------------- figures
     @torch.no_grad()

@@ -77,9 +77,71 @@ def write_figures(
         _against_weight_decay(Figure, summary, ridge, "val_loss", "held-out ½-loss"),
         _against_weight_decay(Figure, summary, ridge, "weight_norm", "‖w‖₂"),
     ]
+    # The models' own validation metrics (val_accuracy, ...), one figure each.
+    for column in _metric_columns(summary):
+        paths.append(folder / f"{column}_vs_weight_decay.png")
+        figures.append(_metric_against_weight_decay(Figure, summary, column))
     for figure, path in zip(figures, paths, strict=True):
         figure.savefig(path, dpi=110)
     return paths
+
+
+def _metric_columns(summary: list[dict[str, Any]]) -> list[str]:
+    columns = summary[0].keys() if summary else []
+    return [c for c in columns if c.startswith("val_") and c != "val_loss"]
+
+
+def _metric_against_weight_decay(
+    figure_class: Any, summary: list[dict[str, Any]], column: str
+) -> Any:
+    """A validation metric and the held-out loss against λ, each λ's tick labelled with its τ."""
+    figure = figure_class(figsize=(11.0, 4.2))
+    axes = figure.subplots(1, 2)
+    for axis, shown, label, log in (
+        (axes[0], column, f"held-out {column.removeprefix('val_')}", False),
+        (axes[1], "val_loss", "held-out loss (the training loss function)", True),
+    ):
+        _by_weight_decay(axis, summary, shown, log)
+        axis.set_ylabel(label)
+    figure.tight_layout()
+    return figure
+
+
+def _by_weight_decay(axis: Any, summary: list[dict[str, Any]], column: str, log: bool) -> None:
+    by_wd: dict[float, list[float]] = defaultdict(list)
+    timescales: dict[float, Any] = {}
+    for row in summary:
+        value = row.get(column)
+        if row["status"] == "ok" and isinstance(value, (int, float)) and math.isfinite(value):
+            by_wd[row["weight_decay"]].append(value)
+            timescales[row["weight_decay"]] = row.get("timescale_steps")
+    grid = sorted(by_wd)
+    values = [value for wd in grid for value in by_wd[wd]]
+    axis.scatter(
+        [wd for wd in grid for _ in by_wd[wd]], values, s=12, alpha=0.35, label="each seed"
+    )
+    axis.plot(grid, [statistics.median(by_wd[wd]) for wd in grid], "o-", label="median")
+    positive = [wd for wd in grid if wd > 0]
+    axis.set_xscale("symlog", linthresh=min(positive) if positive else 1.0)
+    axis.set_xticks(grid)
+    axis.set_xticklabels([_tick(wd, timescales.get(wd)) for wd in grid], fontsize=7)
+    axis.minorticks_off()
+    # Losses on a log axis, as in the other figures; a metric only if it spans decades.
+    if values and min(values) > 0 and (log or max(values) > 10 * min(values)):
+        axis.set_yscale("log")
+    axis.set_xlabel("λ (weight decay), and τ = 1/(lr·λ) in optimizer steps")
+    axis.grid(True, which="major", alpha=0.3)
+    axis.legend(fontsize=8)
+
+
+def _tick(weight_decay: float, timescale: Any) -> str:
+    if not isinstance(timescale, (int, float)):
+        return f"{weight_decay:g}"
+    if math.isinf(timescale):
+        shown = "∞"
+    else:
+        shown = f"{timescale:.3g}" if timescale < 1e3 else f"{timescale:,.0f}"
+    return f"{weight_decay:g}\nτ={shown}"
 
 
 def _shown(summary: list[dict[str, Any]], requested: Sequence[float] | None) -> list[float]:

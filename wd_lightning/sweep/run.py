@@ -28,7 +28,7 @@ import torch
 from lightning.pytorch import LightningDataModule, Trainer, seed_everything
 from torch import nn
 
-from wd_lightning.core import analysis
+from wd_lightning.core import analysis, timescale
 from wd_lightning.core.errors import (
     InvalidArgumentError,
     check_distinct,
@@ -54,7 +54,12 @@ __all__ = [
 #: the ``ridge_*``, ``*_space_*`` and ``distance_to_ridge`` columns are filled
 #: for the linear model on in-memory data (empty otherwise). For λ = 0 the
 #: "ridge" solution is where gradient descent converges from the member's
-#: initial weights: the interpolant nearest to them.
+#: initial weights: the interpolant nearest to them. ``timescale_steps`` is
+#: τ = 1/(lr·λ) of the decayed group at its last learning rate and
+#: ``init_remaining`` the factor ∏(1 − lr·λ) its initial weights were
+#: multiplied by (see :mod:`wd_lightning.core.timescale`); both are empty
+#: where no closed form holds (coupled λ under an adaptive optimizer). After
+#: these come ``val_<name>`` for each of the model's ``val_metrics``.
 SUMMARY_COLUMNS = (
     "weight_decay",
     "seed",
@@ -72,6 +77,8 @@ SUMMARY_COLUMNS = (
     "row_space_norm",
     "null_space_norm",
     "predicted_null_space_norm",
+    "timescale_steps",
+    "init_remaining",
 )
 CURVE_COLUMNS = ("weight_decay", "seed", "epoch", "step", "train_loss", "val_loss")
 RIDGE_COLUMNS = ("weight_decay", "ridge_weight_norm", "ridge_train_loss", "ridge_val_loss")
@@ -206,7 +213,8 @@ def run_sweep(
     finally:
         for writer in writers:
             writer.close()
-    _write_csv(output_dir / "summary.csv", SUMMARY_COLUMNS, rows)
+    metric_columns = [f"val_{tag.removeprefix('val/')}" for tag in _final_metrics(ensemble)]
+    _write_csv(output_dir / "summary.csv", (*SUMMARY_COLUMNS, *metric_columns), rows)
     _write_csv(output_dir / "curves.csv", CURVE_COLUMNS, _curve_rows(members, ensemble))
     if problem is not None:
         ridge_rows = _ridge_curve(problem, members)
@@ -260,6 +268,8 @@ def _summary_rows(
     train = last_train.tolist() if last_train is not None else [math.nan] * len(members)
     val = ensemble.record.val_loss[-1][2].tolist() if ensemble.record.val_loss else None
     decay_names = ensemble.groups.get("decay", list(initial[0]))
+    metrics = {tag: values.tolist() for tag, values in _final_metrics(ensemble).items()}
+    timescales = _timescales(ensemble, trainer)
     rows = []
     for i, member in enumerate(members):
         initial_norm = math.sqrt(sum(float(initial[i][n].square().sum()) for n in decay_names))
@@ -275,9 +285,41 @@ def _summary_rows(
                 "weight_norm": norms[weight_tag][i] if alive[i] else math.nan,
                 "total_weight_norm": norms["weight_norm/total"][i] if alive[i] else math.nan,
                 "initial_weight_norm": initial_norm,
+                **timescales[i],
+                **{
+                    f"val_{tag.removeprefix('val/')}": values[i] if alive[i] else math.nan
+                    for tag, values in metrics.items()
+                },
             }
         )
     return rows
+
+
+def _final_metrics(ensemble: WeightDecayEnsemble) -> dict[str, torch.Tensor]:
+    """The last validation's metrics, ``{"val/<name>": (members,)}``; empty without any."""
+    return ensemble.record.val_metrics[-1][2] if ensemble.record.val_metrics else {}
+
+
+def _timescales(ensemble: WeightDecayEnsemble, trainer: Trainer) -> list[dict[str, Any]]:
+    """τ at the last learning rate and the factor left of the initial weights, per member."""
+    group_name = (
+        "decay" if "decay" in ensemble.init_remaining else next(iter(ensemble.init_remaining), None)
+    )
+    if group_name is None:
+        return [{} for _ in range(ensemble.num_members)]
+    group = next(g for g in trainer.optimizers[0].param_groups if g["name"] == group_name)
+    cells = []
+    for factor in ensemble.init_remaining[group_name]:
+        weight_decay = factor.decay.weight_decay
+        cells.append(
+            {
+                "timescale_steps": timescale.decay_timescale(
+                    float(group["lr"]), weight_decay, factor.decay
+                ),
+                "init_remaining": float(factor.value),
+            }
+        )
+    return cells
 
 
 def _linear_problem(

@@ -21,8 +21,11 @@ __all__, __getattr__, __dir__ = lazy_exports(
             "COUPLINGS",
             "DEFAULT_MAX_EXAMPLES",
             "Coupling",
+            "GradientWriteWarning",
             "check_weight_decay",
         ),
+        "wd_lightning.testing.decay_contracts": ("CONTRACTS", "DecayContract", "DecayStep"),
+        "wd_lightning.testing.identify": ("DecayIdentification", "identify_weight_decay"),
         "wd_lightning.testing.profiles": (
             "PROFILE_ENV_VAR",
             "PROFILES",

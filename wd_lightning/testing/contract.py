@@ -1,8 +1,8 @@
 """Property-test any optimizer for the weight-decay contract it claims.
 
 The contract is checked against a *twin* run of the same optimizer with ``weight_decay=0``,
-which is fed what the decay is supposed to amount to. That makes the check independent of
-momentum, adaptive scaling or anything else the optimizer does with the gradient:
+which is fed what the decay is supposed to amount to (see
+:mod:`wd_lightning.testing.decay_contracts` for every named rule). The two historical ones:
 
 * ``"coupled"`` (L2, e.g. SGD, Adam): decay is ``λ·w`` added to the gradient before anything
   else, so ``opt(weight_decay=λ)`` on ``g`` must equal ``opt(weight_decay=0)`` on ``g + λ·w``.
@@ -15,15 +15,14 @@ Plain SGD satisfies both, since ``w − η(g + λw) = (1 − ηλ)w − ηg``.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+import warnings
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Literal
 
 import torch
 from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import seed as hypothesis_seed
 from hypothesis import strategies as st
-from torch import Tensor
 
 from wd_lightning.core.errors import (
     InvalidArgumentError,
@@ -32,70 +31,62 @@ from wd_lightning.core.errors import (
     check_int_at_least,
     check_one_of,
 )
-from wd_lightning.testing.strategies import decay_hyperparameters, tensor_shapes, tensors
-from wd_lightning.testing.tolerance import assert_close_to_terms, terms_magnitude
+from wd_lightning.testing.decay_contracts import (
+    CONTRACTS,
+    DecayContract,
+    contract_named,
+    held,
+    variants,
+)
+from wd_lightning.testing.twin_runs import Outcome, RunOptions, Scenario, run_scenario, scenarios
 
-__all__ = ["COUPLINGS", "DEFAULT_MAX_EXAMPLES", "Coupling", "check_weight_decay"]
+__all__ = [
+    "COUPLINGS",
+    "DEFAULT_MAX_EXAMPLES",
+    "Coupling",
+    "GradientWriteWarning",
+    "check_weight_decay",
+]
 
-Coupling = Literal["coupled", "decoupled"]
-COUPLINGS: tuple[Coupling, ...] = ("coupled", "decoupled")
+Coupling = Literal[
+    "coupled",
+    "decoupled",
+    "decoupled-after",
+    "independent",
+    "corrected",
+    "corrected-max",
+    "proximal",
+    "adaptive",
+]
+#: The names :func:`check_weight_decay` accepts for ``coupling``.
+COUPLINGS: tuple[str, ...] = tuple(CONTRACTS)
 #: Enough for every mistake in the test suite's list to be found, in well under a second each.
 DEFAULT_MAX_EXAMPLES = 30
-
-_CONTRACTS = {
-    "coupled": "weight_decay=λ on grad g must give what weight_decay=0 gives on grad g + λ·w",
-    "decoupled": (
-        "weight_decay=λ on grad g must give what weight_decay=0 gives on grad g after the "
-        "weights were multiplied by (1 − lr·λ)"
-    ),
-}
+#: How much smaller than λ the probe for a jump at λ = 0 makes the decay.
+_TINY_DECAY = 1e-7
 # Keys the check sets itself; accepting them from the caller would silently be overridden.
 _RESERVED_KWARGS = frozenset({"params", "lr", "weight_decay"})
+_GRAD_WRITES = ("warn", "fail", "ignore")
 
 
-@dataclass(frozen=True)
-class _ParamCase:
-    """One parameter: its starting value and its gradient at each step (``None``: no grad)."""
-
-    init: Tensor
-    grads: tuple[Tensor | None, ...]
-
-
-@dataclass(frozen=True)
-class _GroupCase:
-    lr: float
-    weight_decay: float
-    params: tuple[_ParamCase, ...]
-
-
-@dataclass(frozen=True)
-class _Scenario:
-    """Parameter groups, per-step gradients and the constructor defaults for one example."""
-
-    default_lr: float
-    default_weight_decay: float
-    groups: tuple[_GroupCase, ...]
-
-    def summary(self) -> str:
-        groups = ", ".join(
-            f"group {i}: lr={g.lr!r}, weight_decay={g.weight_decay!r}, {len(g.params)} params"
-            for i, g in enumerate(self.groups)
-        )
-        return (
-            f"constructor lr={self.default_lr!r}, weight_decay={self.default_weight_decay!r}; "
-            f"{groups}"
-        )
+class GradientWriteWarning(UserWarning):
+    """The optimizer wrote into ``.grad``, which belongs to the caller (clipping, logging)."""
 
 
 def check_weight_decay(
     factory: Callable[..., torch.optim.Optimizer],
-    coupling: Coupling,
+    coupling: str | DecayContract,
     *,
     optimizer_kwargs: Mapping[str, Any] | None = None,
     max_examples: int = DEFAULT_MAX_EXAMPLES,
     steps: int = 4,
-    dtype: torch.dtype = torch.float64,
+    warmup_steps: int = 16,
+    dtype: torch.dtype | Sequence[torch.dtype] = torch.float64,
     device: str | torch.device = "cpu",
+    shapes: st.SearchStrategy[tuple[int, ...]] | None = None,
+    group_options: Mapping[str, Any] | None = None,
+    closure: bool = False,
+    grad_writes: Literal["warn", "fail", "ignore"] = "warn",
     max_decay_per_step: float = 0.5,
     ulps: float = 64.0,
     seed: int | None = None,
@@ -103,44 +94,63 @@ def check_weight_decay(
 ) -> None:
     """Property-test that ``factory`` applies weight decay as ``coupling`` says.
 
-    Each example builds the optimizer over two or three parameter groups with their own ``lr``
-    and ``weight_decay`` (the constructor's defaults differ from all of them), takes ``steps``
-    steps, and after every step checks that
+    Each example builds the optimizer over two or three parameter groups with their own ``lr``,
+    ``weight_decay`` and dtype (the constructor's defaults differ from all of them), changes
+    the lr between steps as a scheduler would, takes ``steps`` steps (more while the optimizer
+    has not started moving, up to ``warmup_steps`` more), and after every step checks that
 
-    * each parameter with a gradient matches the twin run described in the module docstring,
-      within ``ulps · eps · (size of the update's terms)``;
+    * each parameter with a gradient matches the contract's twin run, within
+      ``ulps · eps · (size of the update's terms)``;
     * each parameter whose ``.grad`` is ``None`` has not changed at all (not even decayed);
       one parameter never gets a gradient and others lose theirs on some steps;
-    * no ``.grad`` was modified in place or replaced.
+    * the optimizer has moved the weights and ``weight_decay`` made a difference, so that the
+      check never passes because nothing happened.
+
+    Every run gets its own copy of each gradient and the same random numbers. A write into
+    ``.grad`` is reported apart from the verdict on the decay (``grad_writes``). On a failure the
+    message names the step, group and parameter, shows the weights before, expected and actual,
+    and says which other named contract held on that example, if any. Hypothesis adds the
+    (shrunk) falsifying example.
 
     Hypothesis settings (e.g. ``derandomize``) come from the active profile unless
     ``hypothesis_settings`` is given; ``max_examples``, ``deadline=None`` and ``database=None``
     are always set here, and the slow "explain" phase is left out.
 
-    With ``maximize=True`` in ``optimizer_kwargs`` the gradient is ascended but decay still
-    pulls towards zero, so the coupled twin gets ``g − λ·w`` instead.
-
     Args:
         factory: called like an optimizer class:
             ``factory(param_groups, lr=..., weight_decay=..., **optimizer_kwargs)``.
-        coupling: ``"coupled"`` or ``"decoupled"``, the contract the optimizer claims.
+        coupling: the contract the optimizer claims: a name from :data:`COUPLINGS`
+            (``"coupled"``, ``"decoupled"``, ...) or a
+            :class:`~wd_lightning.testing.DecayContract` for any other rule.
         optimizer_kwargs: further constructor arguments, e.g. ``{"momentum": 0.9}``; must not
             contain ``params``, ``lr`` or ``weight_decay``.
         max_examples: number of examples Hypothesis tries, at least 1.
         steps: steps per example, at least 1; use 3 or more to catch decay that is skipped
             on some steps.
-        dtype: ``torch.float32`` or ``torch.float64`` for parameters and gradients.
+        warmup_steps: further steps allowed, at least 0, for an optimizer that makes no update
+            at first (RAdam's rectification, a window to fill) to start moving.
+        dtype: ``torch.float32`` or ``torch.float64``, or a sequence of them from which each
+            parameter group draws its own.
         device: where the parameters live.
-        max_decay_per_step: upper bound on each group's ``lr·weight_decay``, in ``(0, 1)``.
+        shapes: strategy for parameter shapes, e.g. ``tensor_shapes(min_dims=2)`` for an
+            optimizer that only takes matrices; default: 0-, 1- and 2-d, sides up to 2.
+        group_options: entries added to every parameter group, for optimizers that need flags
+            on their groups (e.g. ``{"use_muon": True}``).
+        closure: whether to pass ``step()`` a closure (returning a loss whose gradient is the
+            drawn one), for optimizers that require it.
+        grad_writes: what to do when ``step()`` writes into or replaces ``.grad``: ``"warn"``
+            with a :class:`GradientWriteWarning`, ``"fail"``, or ``"ignore"``.
+        max_decay_per_step: upper bound on each group's ``λ`` (and so on ``lr·λ``), in ``(0, 1)``.
         ulps: tolerance in units of ``eps`` per unit of term magnitude; positive.
         seed: fixes Hypothesis's random seed when given.
         hypothesis_settings: settings to start from instead of the active profile, e.g.
             ``settings(phases=[Phase.generate])`` to skip shrinking a failure.
 
     Raises:
-        ValueError: if an argument is invalid (raised before any example is run).
-        AssertionError: if the contract is broken; the message says at which step, for which
-            group and parameter, and Hypothesis adds the falsifying example.
+        InvalidArgumentError: if an argument is invalid (raised before any example is run).
+        AssertionError: if the contract is broken, the optimizer never moves, ignores
+            ``weight_decay``, moves a parameter without a gradient, or (with
+            ``grad_writes="fail"``) writes into ``.grad``.
 
     Example:
         >>> import torch
@@ -152,25 +162,76 @@ def check_weight_decay(
         ...     print("AdamW's decay is not coupled")
         AdamW's decay is not coupled
     """
-    kwargs = _validated(
+    contract = contract_named(coupling)
+    options, dtypes = _validated(
         factory,
-        coupling,
         optimizer_kwargs=optimizer_kwargs,
+        group_options=group_options,
+        closure=closure,
+        grad_writes=grad_writes,
         max_examples=max_examples,
         steps=steps,
+        warmup_steps=warmup_steps,
         dtype=dtype,
+        shapes=shapes,
         max_decay_per_step=max_decay_per_step,
         ulps=ulps,
         seed=seed,
         hypothesis_settings=hypothesis_settings,
     )
-    device = torch.device(device)
     parent = settings() if hypothesis_settings is None else hypothesis_settings
-    scenarios = _scenarios(
-        steps=steps, dtype=dtype, device=device, max_decay_per_step=max_decay_per_step
+    examples = scenarios(
+        steps=steps,
+        dtypes=dtypes,
+        device=torch.device(device),
+        max_decay_per_step=max_decay_per_step,
+        shapes=shapes,
     )
+    # Kept outside Hypothesis: the last failing example is the shrunk one it reports, and the
+    # first write into .grad is reported once, after the verdict on the decay.
+    last_failure: list[Scenario] = []
+    grad_write: list[str] = []
 
-    @settings(
+    @example_settings(parent, max_examples)
+    @given(scenario=examples)
+    def weight_decay_contract(scenario: Scenario) -> None:
+        outcome = run_scenario(scenario, options, variants(contract), stop_at_first_mismatch=True)
+        problem = _verdict(outcome, contract, options)
+        if problem is None and outcome.grad_written is not None:
+            if grad_writes == "fail":
+                problem = (
+                    f"at {outcome.grad_written}; the decay itself followed the contract, but the "
+                    "gradient belongs to the caller (clipping, logging, gradient accumulation)."
+                )
+            elif not grad_write:
+                grad_write.append(outcome.grad_written)
+        if problem is not None:
+            last_failure[:] = [scenario]
+            raise AssertionError(
+                f"weight-decay contract ({contract.name}) broken {problem}\n"
+                f"contract: {contract.statement}; {scenario.summary()}"
+            )
+
+    if seed is not None:
+        weight_decay_contract = hypothesis_seed(seed)(weight_decay_contract)
+    try:
+        weight_decay_contract()
+    except AssertionError as error:
+        if last_failure:
+            _add_diagnosis(error, last_failure[0], contract, options)
+        raise
+    if grad_write and grad_writes == "warn":
+        warnings.warn(
+            f"{grad_write[0]}. The decay followed the contract; the gradient belongs to the "
+            "caller (clipping, logging, gradient accumulation).",
+            GradientWriteWarning,
+            stacklevel=2,
+        )
+
+
+def example_settings(parent: settings, max_examples: int) -> settings:
+    """The Hypothesis settings every check runs under, derived from ``parent``."""
+    return settings(
         parent,
         max_examples=max_examples,
         deadline=None,
@@ -179,43 +240,135 @@ def check_weight_decay(
         report_multiple_bugs=False,
         # The explain phase re-runs many variants of a failure; the message already says where.
         phases=[phase for phase in parent.phases if phase is not Phase.explain],
-        suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
+        suppress_health_check=[
+            HealthCheck.too_slow,
+            HealthCheck.data_too_large,
+            HealthCheck.filter_too_much,
+        ],
     )
-    @given(scenario=scenarios)
-    def weight_decay_contract(scenario: _Scenario) -> None:
-        _run_against_twin(scenario, factory, coupling, kwargs, steps=steps, ulps=ulps)
 
-    if seed is not None:
-        weight_decay_contract = hypothesis_seed(seed)(weight_decay_contract)
-    weight_decay_contract()
+
+def _verdict(outcome: Outcome, contract: DecayContract, options: RunOptions) -> str | None:
+    """The reason the example fails, or ``None`` if it passes."""
+    if outcome.gradless_moved is not None:
+        return f"at {outcome.gradless_moved}"
+    if not held(contract, outcome.mismatches):
+        mismatch = outcome.mismatches[contract.name]
+        hint = ""
+        if mismatch.ignores_decay():
+            hint = (
+                "\nThe weights are exactly those of a run with weight_decay=0: the optimizer "
+                "ignores weight_decay here (does it take the decay under another name?)."
+            )
+        elif outcome.moved_at is None:
+            hint = "\nThe run with weight_decay=0 had not moved the weights yet."
+        return f"at {mismatch.describe(planned_steps=options.steps)}{hint}"
+    steps = outcome.steps_run
+    if outcome.moved_at is None:
+        return (
+            f": the optimizer never moved the weights in {steps} steps with weight_decay=0 "
+            f"({options.steps} steps plus {options.warmup_steps} allowed for a warm-up), so "
+            "nothing about its decay could be checked; does it need other options?"
+        )
+    if outcome.decay_effective_at is None:
+        return (
+            f": weight_decay had no effect in {steps} steps: every weight equals that of a run "
+            "with weight_decay=0, so the optimizer ignores weight_decay (does it take the decay "
+            "under another name?)."
+        )
+    return None
+
+
+def _add_diagnosis(
+    error: AssertionError, scenario: Scenario, contract: DecayContract, options: RunOptions
+) -> None:
+    """Say which named contract held on the failing example, and whether λ = 0 is special."""
+    others = [c for c in CONTRACTS.values() if c.name != contract.name]
+    try:
+        twins = [variant for other in others for variant in variants(other)]
+        outcome = run_scenario(scenario, options, twins, stop_at_first_mismatch=False)
+        holding = [c.name for c in others if held(c, outcome.mismatches)]
+        lines = []
+        if _jumps_at_zero_decay(scenario, options):
+            lines.append(
+                "The optimizer behaves differently at weight_decay=0 than at a tiny "
+                "weight_decay, beyond dropping the decay (for example a trust ratio applied "
+                "only when weight_decay ≠ 0): no twin with weight_decay=0 can stand for it."
+            )
+        if holding and outcome.gradless_moved is None:
+            lines.append(f"On this example these contracts held instead: {', '.join(holding)}.")
+        elif outcome.gradless_moved is None:
+            lines.append("No named contract held on this example.")
+    except Exception as failure:  # the diagnosis must never hide the original failure
+        lines = [f"(no diagnosis: {type(failure).__name__}: {failure})"]
+    message = "\n".join([str(error.args[0]) if error.args else "", *lines])
+    error.args = (message, *error.args[1:])
+
+
+def _jumps_at_zero_decay(scenario: Scenario, options: RunOptions) -> bool:
+    """Whether a tiny λ changes the weights far more than a tiny decay could."""
+    tiny = run_scenario(
+        scenario, options, [], stop_at_first_mismatch=False, decay_scale=_TINY_DECAY
+    )
+    initial = [p.init for g in scenario.groups for p in g.params]
+    for real, bare, init in zip(tiny.final_real, tiny.final_bare, initial, strict=True):
+        moved = float((bare - init).abs().max()) if bare.numel() else 0.0
+        scale = max(moved, float(init.abs().max()) if init.numel() else 0.0, 1e-12)
+        if float((real - bare).abs().max() if real.numel() else 0.0) > 1e-3 * scale:
+            return True
+    return False
+
+
+def check_factory(factory: object) -> None:
+    """Accept ``factory`` if it can be called like an optimizer class."""
+    if not callable(factory):
+        raise InvalidArgumentError("factory", factory, "a callable like an optimizer class")
+
+
+def check_free_of_reserved(argument: str, options: Mapping[str, Any] | None) -> dict[str, Any]:
+    """``options`` as a dict, if it sets none of the keys the check sets itself."""
+    given = dict(options or {})
+    clashing = sorted(_RESERVED_KWARGS.intersection(given))
+    if clashing:
+        raise InvalidArgumentError(
+            argument, clashing, "no params, lr or weight_decay: the check sets them"
+        )
+    return given
 
 
 def _validated(
     factory: object,
-    coupling: object,
     *,
     optimizer_kwargs: Mapping[str, Any] | None,
+    group_options: Mapping[str, Any] | None,
+    closure: object,
+    grad_writes: object,
     max_examples: object,
     steps: object,
+    warmup_steps: object,
     dtype: object,
+    shapes: object,
     max_decay_per_step: float,
     ulps: float,
     seed: object,
     hypothesis_settings: object,
-) -> dict[str, Any]:
+) -> tuple[RunOptions, tuple[torch.dtype, ...]]:
     """Reject bad arguments up front, so a typo is not reported as a broken optimizer."""
-    if not callable(factory):
-        raise InvalidArgumentError("factory", factory, "a callable like an optimizer class")
-    check_one_of("coupling", coupling, COUPLINGS)
-    kwargs = dict(optimizer_kwargs or {})
-    clashing = sorted(_RESERVED_KWARGS.intersection(kwargs))
-    if clashing:
-        raise InvalidArgumentError(
-            "optimizer_kwargs", clashing, "no params, lr or weight_decay: the check sets them"
-        )
+    check_factory(factory)
+    kwargs = check_free_of_reserved("optimizer_kwargs", optimizer_kwargs)
+    extra = check_free_of_reserved("group_options", group_options)
     check_int_at_least("max_examples", max_examples, 1)
     check_int_at_least("steps", steps, 1)
-    check_one_of("dtype", dtype, (torch.float32, torch.float64))
+    check_int_at_least("warmup_steps", warmup_steps, 0)
+    dtypes = (dtype,) if isinstance(dtype, torch.dtype) else tuple(dtype)  # type: ignore[arg-type]
+    if not dtypes or any(d not in (torch.float32, torch.float64) for d in dtypes):
+        raise InvalidArgumentError(
+            "dtype", dtype, "torch.float32 or torch.float64, or a sequence of them"
+        )
+    if shapes is not None and not isinstance(shapes, st.SearchStrategy):
+        raise InvalidArgumentError("shapes", shapes, "a Hypothesis strategy of shapes, or None")
+    check_one_of("closure", closure, (False, True))
+    check_one_of("grad_writes", grad_writes, _GRAD_WRITES)
     check_in_range("max_decay_per_step", max_decay_per_step, 0.0, 1.0, closed="neither")
     check_finite_positive("ulps", ulps)
     if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int)):
@@ -224,203 +377,13 @@ def _validated(
         raise InvalidArgumentError(
             "hypothesis_settings", hypothesis_settings, "a hypothesis.settings object or None"
         )
-    return kwargs
-
-
-def _scenarios(
-    *, steps: int, dtype: torch.dtype, device: torch.device, max_decay_per_step: float
-) -> st.SearchStrategy[_Scenario]:
-    # Magnitudes of order 10 keep every term comparable, so a missing or extra decay term is
-    # far above rounding, while the decay product up to `max_decay_per_step` makes it visible.
-    shapes = tensor_shapes(max_dims=2, max_side=2)
-    # One strategy object per shape: Hypothesis validates each new strategy on first use, and
-    # building them afresh inside every draw would dominate the run time.
-    values_by_shape: dict[tuple[int, ...], st.SearchStrategy[Tensor]] = {}
-
-    def values(shape: tuple[int, ...]) -> st.SearchStrategy[Tensor]:
-        if shape not in values_by_shape:
-            values_by_shape[shape] = tensors(shape, dtype=dtype, device=device, max_magnitude=10.0)
-        return values_by_shape[shape]
-
-    presence = st.lists(st.booleans(), min_size=steps, max_size=steps).map(_mostly_true)
-
-    @st.composite
-    def param_case(draw: st.DrawFn, *, ever_has_grad: bool) -> _ParamCase:
-        shape = draw(shapes)
-        init = draw(values(shape))
-        if not ever_has_grad:
-            return _ParamCase(init=init, grads=(None,) * steps)
-        # Mostly present, sometimes missing: a parameter may skip a step after having state.
-        present = draw(presence)
-        grads = tuple(draw(values(shape)) if has else None for has in present)
-        return _ParamCase(init=init, grads=grads)
-
-    hypers = {
-        first: decay_hyperparameters(
-            min_lr=1e-3, max_decay_per_step=max_decay_per_step, allow_zero_decay=not first
-        )
-        for first in (True, False)
-    }
-    params_with_grads = st.lists(param_case(ever_has_grad=True), min_size=1, max_size=2)
-    param_without_grads = param_case(ever_has_grad=False)
-
-    @st.composite
-    def group_case(draw: st.DrawFn, *, first: bool) -> _GroupCase:
-        # The first group always decays and holds the parameter that never has a gradient,
-        # so every example can expose a missing, extra or misplaced decay.
-        hyper = draw(hypers[first])
-        params = draw(params_with_grads)
-        if first:
-            params.append(draw(param_without_grads))
-        return _GroupCase(lr=hyper.lr, weight_decay=hyper.weight_decay, params=tuple(params))
-
-    first_group = group_case(first=True)
-    other_groups = st.lists(group_case(first=False), min_size=1, max_size=2)
-    default_weight_decays = st.floats(0.0, 1.0)
-
-    @st.composite
-    def scenario(draw: st.DrawFn) -> _Scenario:
-        first = draw(first_group)
-        rest = draw(other_groups)
-        groups = (first, *rest)
-        # The constructor's lr differs from every group's, so using it by mistake shows.
-        group_lrs = {group.lr for group in groups}
-        default_lr = draw(st.floats(1e-3, 1.0).filter(lambda lr: lr not in group_lrs))
-        default_weight_decay = draw(default_weight_decays)
-        return _Scenario(default_lr, default_weight_decay, groups)
-
-    return scenario()
-
-
-def _mostly_true(flags: list[bool]) -> tuple[bool, ...]:
-    # Hypothesis shrinks booleans towards False; inverting keeps "has a gradient" the simple case.
-    return tuple(not flag for flag in flags)
-
-
-def _run_against_twin(
-    scenario: _Scenario,
-    factory: Callable[..., torch.optim.Optimizer],
-    coupling: Coupling,
-    kwargs: Mapping[str, Any],
-    *,
-    steps: int,
-    ulps: float,
-) -> None:
-    params = [[torch.nn.Parameter(p.init.clone()) for p in g.params] for g in scenario.groups]
-    twins = [[torch.nn.Parameter(p.init.clone()) for p in g.params] for g in scenario.groups]
-    optimizer = factory(
-        [
-            {"params": group_params, "lr": g.lr, "weight_decay": g.weight_decay}
-            for group_params, g in zip(params, scenario.groups, strict=True)
-        ],
-        lr=scenario.default_lr,
-        weight_decay=scenario.default_weight_decay,
-        **kwargs,
+    options = RunOptions(
+        factory=factory,  # type: ignore[arg-type]
+        kwargs=kwargs,
+        group_options=extra,
+        closure=closure,
+        steps=steps,  # type: ignore[arg-type]
+        warmup_steps=warmup_steps,  # type: ignore[arg-type]
+        ulps=ulps,
     )
-    twin_optimizer = factory(
-        [
-            {"params": group_twins, "lr": g.lr, "weight_decay": 0.0}
-            for group_twins, g in zip(twins, scenario.groups, strict=True)
-        ],
-        lr=scenario.default_lr,
-        weight_decay=0.0,
-        **kwargs,
-    )
-    maximize = bool(kwargs.get("maximize", False))
-    magnitudes = [[torch.zeros((), dtype=torch.float64) for _ in g.params] for g in scenario.groups]
-
-    for step in range(steps):
-        # Per parameter: (the tensor handed to the optimizer as .grad, a private copy) or None.
-        given_grads: list[list[tuple[Tensor, Tensor] | None]] = []
-        befores: list[list[Tensor]] = []
-        for g, group_params, group_twins in zip(scenario.groups, params, twins, strict=True):
-            given_grads.append([])
-            befores.append([])
-            for case, param, twin in zip(g.params, group_params, group_twins, strict=True):
-                befores[-1].append(param.detach().clone())
-                grad = case.grads[step]
-                if grad is None:
-                    param.grad, twin.grad = None, None
-                    given_grads[-1].append(None)
-                    continue
-                param.grad = grad.clone()
-                given_grads[-1].append((param.grad, grad))
-                twin.grad = _twin_gradient(
-                    twin, grad, coupling, lr=g.lr, weight_decay=g.weight_decay, maximize=maximize
-                )
-        twin_befores = [[t.detach().clone() for t in group] for group in twins]
-
-        optimizer.step()
-        twin_optimizer.step()
-
-        for gi, g in enumerate(scenario.groups):
-            for pi, case in enumerate(g.params):
-                where = (
-                    f"weight-decay contract ({coupling}) broken at step {step + 1} of {steps}, "
-                    f"group {gi} (lr={g.lr!r}, weight_decay={g.weight_decay!r}), parameter {pi}"
-                )
-                param, before = params[gi][pi], befores[gi][pi]
-                if case.grads[step] is None:
-                    _assert_untouched(param, before, where)
-                    continue
-                _assert_grad_intact(param, given_grads[gi][pi], where)
-                twin, twin_before = twins[gi][pi], twin_befores[gi][pi]
-                magnitudes[gi][pi] = magnitudes[gi][pi] + terms_magnitude(
-                    before,
-                    g.lr * case.grads[step].abs(),
-                    g.lr * g.weight_decay * before.abs(),
-                    twin.detach() - twin_before,
-                )
-                assert_close_to_terms(
-                    param.detach(),
-                    twin.detach(),
-                    magnitude=magnitudes[gi][pi].to(param.device),
-                    ulps=ulps,
-                    msg=f"{where}: {_CONTRACTS[coupling]}; {scenario.summary()}",
-                )
-
-
-def _twin_gradient(
-    twin: Tensor,
-    grad: Tensor,
-    coupling: Coupling,
-    *,
-    lr: float,
-    weight_decay: float,
-    maximize: bool,
-) -> Tensor:
-    """The gradient the decay-free twin gets, after decoupled decay is applied to its weights."""
-    if coupling == "coupled":
-        # Under `maximize` the optimizer moves along g − λw (up the loss, down towards zero);
-        # the decay-free twin moves along the gradient it is given, so it must be given g − λw.
-        # `add(..., alpha=)` is the operation torch.optim uses, so torch's own optimizers see
-        # bit-identical gradients; Adam's normalisation would magnify a one-ulp difference
-        # wherever g and λ·w nearly cancel.
-        return grad.add(twin.detach(), alpha=-weight_decay if maximize else weight_decay)
-    with torch.no_grad():
-        # torch's decoupled optimizers scale the weights before the moment update; so do we.
-        twin.mul_(1.0 - lr * weight_decay)
-    return grad.clone()
-
-
-def _assert_untouched(param: Tensor, before: Tensor, where: str) -> None:
-    if not torch.equal(param.detach(), before):
-        change = (param.detach() - before).abs().max().item()
-        raise AssertionError(
-            f"{where}: the parameter has no gradient (.grad is None) on this step but changed "
-            f"by up to {change:.3e}; a parameter without a gradient must not move or decay."
-        )
-
-
-def _assert_grad_intact(param: Tensor, given: tuple[Tensor, Tensor] | None, where: str) -> None:
-    if given is None:  # the caller only asks for parameters that were given a gradient
-        raise RuntimeError("internal error: no gradient was handed over for this parameter")
-    handed_over, original = given
-    if param.grad is not handed_over:
-        raise AssertionError(f"{where}: step() replaced the parameter's .grad with another tensor.")
-    if not torch.equal(handed_over, original):
-        change = (handed_over - original).abs().max().item()
-        raise AssertionError(
-            f"{where}: step() modified .grad in place (by up to {change:.3e}); the gradient "
-            "belongs to the caller, e.g. for clipping, logging or gradient accumulation."
-        )
+    return options, dtypes

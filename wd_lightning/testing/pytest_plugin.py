@@ -39,3 +39,17 @@ def assert_close_to_terms() -> Callable[..., None]:
     from wd_lightning.testing.tolerance import assert_close_to_terms as comparison
 
     return comparison
+
+
+@pytest.fixture
+def identify_weight_decay() -> Callable[..., object]:
+    """The rule finder :func:`wd_lightning.testing.identify_weight_decay`.
+
+    Example test::
+
+        def test_my_optimizer_is_decoupled(identify_weight_decay):
+            assert identify_weight_decay(MyOptimizer).contracts == ("decoupled",)
+    """
+    from wd_lightning.testing.identify import identify_weight_decay as finder
+
+    return finder

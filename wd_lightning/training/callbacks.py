@@ -11,6 +11,7 @@ import torch
 from lightning.pytorch import Callback, LightningModule, Trainer
 from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.strategies import DeepSpeedStrategy, FSDPStrategy
+from lightning.pytorch.utilities import rank_zero_info
 from torch import Tensor
 from torch.optim import Optimizer
 
@@ -22,6 +23,7 @@ from wd_lightning.core.norms import (
     squared_norms,
 )
 from wd_lightning.core.sharding import is_sharded, whole
+from wd_lightning.core.timescale import GroupDecay, InitialWeightFactor, group_decay
 from wd_lightning.training.cadence import logged_step, logs_this_step
 from wd_lightning.training.hparams import log_final_hparams
 
@@ -29,6 +31,9 @@ __all__ = ["WeightNormMonitor"]
 
 ROOT_MODULE = "root"
 """The module name ``weight_norm/module/...`` uses for parameters of the top-level module."""
+
+INIT_REMAINING = "weight_decay/init_remaining/"
+"""Tag prefix of ∏(1 − lr·λ), the factor by which decay has multiplied a group's initial weights."""
 
 
 class WeightNormMonitor(Callback):
@@ -84,6 +89,17 @@ class WeightNormMonitor(Callback):
             last ``val_loss``, if the run validated). Give the
             ``TensorBoardLogger`` ``default_hp_metric=False``, or the tab also
             shows Lightning's placeholder ``hp_metric``.
+        log_init_remaining: also log ``weight_decay/init_remaining/<group>``
+            for every decayed group: ∏ₜ(1 − lrₜ·λ) over the optimizer steps
+            taken so far, following the learning-rate schedule step by step,
+            the factor by which weight decay has multiplied the group's
+            initial weights (see :mod:`wd_lightning.core.timescale`). It is
+            accumulated from the groups' Python-float learning rates at every
+            step (no device work, no host synchronisation) and logged with the
+            norms. Groups where an adaptive optimizer applies λ through the
+            gradient (Adam, RMSprop, ... with coupled ``weight_decay``) have
+            no closed form and are not logged; a message says so once. Saved
+            in checkpoints, so a resumed fit continues the product.
         train_loss: tag of the training loss, for the custom-scalars chart.
         val_loss: tag of the validation loss, for the chart and ``hp/val_loss``.
 
@@ -110,6 +126,7 @@ class WeightNormMonitor(Callback):
         log_update_ratio: bool = False,
         custom_scalars: bool = True,
         log_hparams: bool = True,
+        log_init_remaining: bool = True,
         train_loss: str = "train/loss",
         val_loss: str = "val/loss",
     ) -> None:
@@ -122,32 +139,52 @@ class WeightNormMonitor(Callback):
         self.log_update_ratio = _check_bool("log_update_ratio", log_update_ratio)
         self.custom_scalars = _check_bool("custom_scalars", custom_scalars)
         self.log_hparams = _check_bool("log_hparams", log_hparams)
+        self.log_init_remaining = _check_bool("log_init_remaining", log_init_remaining)
         self.train_loss = _check_tag("train_loss", train_loss)
         self.val_loss = _check_tag("val_loss", val_loss)
         self._plans: dict[int, _Plan] = {}
         self._pending: list[_PendingUpdate] = []
         self._layouts_written: set[str] = set()
+        # Per optimizer index: the tracked factor and the group it follows, by tag.
+        self._factors: dict[int, dict[str, tuple[InitialWeightFactor, dict[str, Any]]]] = {}
+        self._restored_factors: dict[str, dict[str, Any]] = {}
 
     # ----------------------------------------------------------------- hooks
     def on_fit_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
         _check_strategy(trainer)
         self._plans.clear()
+        self._factors.clear()
         if self.custom_scalars and trainer.is_global_zero:
             self._write_layout(trainer, pl_module)
+
+    def on_train_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        # A checkpoint's factors have been loaded by now (before on_fit_start); the
+        # first optimizer step is still to come.
+        if self.log_init_remaining and trainer.loggers:
+            for index, optimizer in enumerate(trainer.optimizers):
+                self._factors[index] = self._track(trainer, pl_module, optimizer, index)
+        self._restored_factors = {}
 
     def on_before_optimizer_step(
         self, trainer: Trainer, pl_module: LightningModule, optimizer: Optimizer
     ) -> None:
-        if not trainer.loggers or not logs_this_step(trainer, self.logging_interval):
+        if not trainer.loggers:
             return
-        plan = self._plan(trainer, pl_module, optimizer)
-        if not (trainer.is_global_zero or plan.sharded):
-            return
-        step = logged_step(trainer)
-        squares = squared_norms(plan.tensors)
-        if self.log_update_ratio:
-            self._pending.append(_PendingUpdate(plan, snapshot(plan.tensors), squares, step))
-        self._write(trainer, plan, squares, step)
+        index = _optimizer_index(trainer, optimizer)
+        if logs_this_step(trainer, self.logging_interval):
+            plan = self._plan(trainer, pl_module, optimizer)
+            if trainer.is_global_zero or plan.sharded:
+                step = logged_step(trainer)
+                squares = squared_norms(plan.tensors)
+                if self.log_update_ratio:
+                    self._pending.append(
+                        _PendingUpdate(plan, snapshot(plan.tensors), squares, step)
+                    )
+                self._write(trainer, plan, squares, step)
+        # After the logged value (the weights before this step), take this step's
+        # decay: the group's lr now is the one the step uses (schedulers step later).
+        for factor, group in self._factors.get(index, {}).values():
+            factor.step(group["lr"])
 
     def on_train_batch_end(
         self, trainer: Trainer, pl_module: LightningModule, outputs: Any, batch: Any, batch_idx: int
@@ -192,8 +229,36 @@ class WeightNormMonitor(Callback):
         return dict(zip([*plan.group_tags, plan.total_tag], values.unbind(), strict=True))
 
     # -------------------------------------------------------------- internals
+    def state_dict(self) -> dict[str, Any]:
+        """The tracked ``init_remaining`` factors by tag, so that a resumed fit continues them."""
+        factors = {
+            tag: factor.state_dict()
+            for tracked in self._factors.values()
+            for tag, (factor, _) in tracked.items()
+        }
+        return {"init_remaining": factors} if factors else {}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self._restored_factors = dict(state_dict.get("init_remaining", {}))
+
+    def _track(
+        self, trainer: Trainer, pl_module: LightningModule, optimizer: Optimizer, index: int
+    ) -> dict[str, tuple[InitialWeightFactor, dict[str, Any]]]:
+        """A factor for every decayed group of ``optimizer`` whose decay has a closed form."""
+        tracked = {}
+        for tag, decay, group in _decaying_groups(pl_module, optimizer, index):
+            if not decay.has_closed_form:
+                if trainer.is_global_zero:
+                    rank_zero_info(f"WeightNormMonitor: no {tag}: {decay.describe()}")
+                continue
+            factor = InitialWeightFactor(decay)
+            if tag in self._restored_factors:
+                factor.load_state_dict(self._restored_factors[tag])
+            tracked[tag] = (factor, group)
+        return tracked
+
     def _plan(self, trainer: Trainer, pl_module: LightningModule, optimizer: Optimizer) -> _Plan:
-        index = next((i for i, o in enumerate(trainer.optimizers) if o is optimizer), 0)
+        index = _optimizer_index(trainer, optimizer)
         plan = self._plans.get(index)
         if plan is None or not plan.describes(optimizer):
             names = {id(p): name for name, p in pl_module.named_parameters()}
@@ -214,8 +279,15 @@ class WeightNormMonitor(Callback):
         histograms = self._histograms(trainer, plan) if self.log_histograms else {}
         if not trainer.is_global_zero:
             return
+        factors: dict[str, float] = {}
+        for tag, (factor, _) in self._factors.get(plan.index, {}).items():
+            if isinstance(factor.value, Tensor):  # a tensor lr: joins the one synchronisation
+                tags.append(tag)
+                values.append(factor.value.reshape(1).to(values[0]))
+            else:
+                factors[tag] = factor.value
         # One host synchronisation for every value.
-        metrics = dict(zip(tags, torch.cat(values).tolist(), strict=True))
+        metrics = dict(zip(tags, torch.cat(values).tolist(), strict=True)) | factors
         for logger in trainer.loggers:
             logger.log_metrics(metrics, step=step)
             if isinstance(logger, TensorBoardLogger):
@@ -260,12 +332,20 @@ class WeightNormMonitor(Callback):
         if not tensorboards:
             return
         plans = [self._plan(trainer, pl_module, optimizer) for optimizer in trainer.optimizers]
-        layout = self._layout(plans)
+        remaining = [
+            tag
+            for index, optimizer in enumerate(trainer.optimizers)
+            for tag, decay, _ in _decaying_groups(pl_module, optimizer, index)
+            if decay.has_closed_form
+        ]
+        layout = self._layout(plans, remaining if self.log_init_remaining else [])
         for logger in tensorboards:
             logger.experiment.add_custom_scalars(layout)
             self._layouts_written.add(logger.log_dir)
 
-    def _layout(self, plans: Sequence[_Plan]) -> dict[str, dict[str, list[Any]]]:
+    def _layout(
+        self, plans: Sequence[_Plan], init_remaining: Sequence[str] = ()
+    ) -> dict[str, dict[str, list[Any]]]:
         """The custom-scalars layout: one chart per list of tags (regular expressions)."""
         charts: dict[str, list[Any]] = {
             "loss: train vs validation": ["Multiline", _exact([self.train_loss, self.val_loss])],
@@ -281,6 +361,8 @@ class WeightNormMonitor(Callback):
             ]
         if self.log_modules:
             charts["weight norm per module"] = ["Multiline", [r"^weight_norm/module/"]]
+        if init_remaining:
+            charts["initial weights remaining per group"] = ["Multiline", _exact(init_remaining)]
         return {"weight decay": charts}
 
     def _write_hparams(self, trainer: Trainer, pl_module: LightningModule, total: float) -> None:
@@ -309,6 +391,7 @@ class _Plan:
     param_tags: list[str]
     module_tags: list[str]
     prefix: str
+    index: int
     sharded: bool
     group_ids: Tensor
     module_ids: Tensor
@@ -348,6 +431,7 @@ class _Plan:
             param_tags=[f"weight_norm/{prefix}param/{name}" for name in param_names],
             module_tags=[f"weight_norm/{prefix}module/{name}" for name in module_order],
             prefix=prefix,
+            index=index,
             sharded=any(is_sharded(t) for t in tensors),
             group_ids=torch.tensor(group_ids, dtype=torch.long, device=device),
             module_ids=torch.tensor(
@@ -374,6 +458,39 @@ class _PendingUpdate:
     snapshot: list[Tensor]
     squares: Tensor
     step: int
+
+
+def _optimizer_index(trainer: Trainer, optimizer: Optimizer) -> int:
+    return next((i for i, o in enumerate(trainer.optimizers) if o is optimizer), 0)
+
+
+def _decaying_groups(
+    pl_module: LightningModule, optimizer: Optimizer, index: int
+) -> Iterable[tuple[str, GroupDecay, dict[str, Any]]]:
+    """``(init_remaining tag, decay rule, group)`` for each group of ``optimizer`` that decays."""
+    prefix = f"optimizer{index}/" if index else ""
+    intended = _intended_weight_decays(pl_module, optimizer)
+    for number, group in enumerate(optimizer.param_groups):
+        decay = group_decay(optimizer, group, weight_decay=intended[number])
+        if decay.kind != "none" and group["params"]:
+            name = str(group.get("name", f"pg{number}"))
+            yield f"{INIT_REMAINING}{prefix}{name}", decay, group
+
+
+def _intended_weight_decays(pl_module: LightningModule, optimizer: Optimizer) -> list[float | None]:
+    """Each group's λ where the optimizer does not apply it itself, else ``None``.
+
+    A :class:`~wd_lightning.WeightDecayModule` with ``penalty="loss"`` hands the
+    optimizer groups with ``weight_decay=0`` and adds λ/2·‖w‖² to the loss; its
+    report still knows each group's λ.
+    """
+    report = getattr(pl_module, "param_groups_report", None)
+    names = [group.get("name") for group in optimizer.param_groups]
+    if getattr(pl_module, "penalty", None) != "loss" or report is None:
+        return [None] * len(names)
+    if [group["name"] for group in report.groups] != names:
+        return [None] * len(names)
+    return [float(group["weight_decay"]) for group in report.groups]
 
 
 def _signature(optimizer: Optimizer) -> tuple[int, ...]:

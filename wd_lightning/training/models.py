@@ -19,7 +19,7 @@ from wd_lightning.core.grouping import DecayRules
 from wd_lightning.core.losses import HalfMSELoss
 from wd_lightning.training.module import Penalty, WeightDecayModule
 
-__all__ = ["MLP", "LinearRegression"]
+__all__ = ["MLP", "LinearRegression", "SmallConvNet"]
 
 
 class LinearRegression(WeightDecayModule):
@@ -125,3 +125,67 @@ class MLP(nn.Module):
 
     def forward(self, inputs: Tensor) -> Tensor:
         return self.layers(inputs)
+
+
+class SmallConvNet(nn.Module):
+    """A small image classifier: two 3×3 convolutions, a 2×2 max-pool, then two Linear layers.
+
+    ``[Conv → ReLU] × 2 → MaxPool(2) → Flatten → Linear → ReLU → Linear``. Sized for
+    the 8×8 digits of :class:`~wd_lightning.training.digits.DigitsDataModule`
+    (see ``configs/digits_fit.yaml``); with the default grouping rule its two
+    convolution kernels and two Linear weights decay, the biases do not. It
+    has no normalisation layer, so λ acts on the function the net computes
+    rather than only on its weights' scale.
+
+    Args:
+        in_channels: image channels.
+        image_size: height = width of the images, even.
+        channels: output channels of the two convolutions.
+        hidden_features: width of the hidden Linear layer.
+        num_classes: outputs.
+
+    Example:
+        >>> import torch
+        >>> net = SmallConvNet()
+        >>> net(torch.zeros(5, 1, 8, 8)).shape
+        torch.Size([5, 10])
+        >>> sum(p.numel() for p in net.parameters())
+        9802
+    """
+
+    def __init__(
+        self,
+        in_channels: int = 1,
+        image_size: int = 8,
+        channels: tuple[int, int] = (8, 16),
+        hidden_features: int = 32,
+        num_classes: int = 10,
+    ) -> None:
+        super().__init__()
+        check_int_at_least("in_channels", in_channels, 1)
+        check_int_at_least("image_size", image_size, 2)
+        if image_size % 2:
+            raise InvalidArgumentError("image_size", image_size, "an even number (one 2×2 pool)")
+        channels = tuple(channels)
+        if len(channels) != 2:
+            raise InvalidArgumentError("channels", list(channels), "two channel counts")
+        first, second = (check_int_at_least("channels", c, 1) for c in channels)
+        check_int_at_least("hidden_features", hidden_features, 1)
+        check_int_at_least("num_classes", num_classes, 2)
+        pooled = image_size // 2
+        self.features = nn.Sequential(
+            nn.Conv2d(in_channels, first, kernel_size=3, padding=1),
+            nn.ReLU(),
+            nn.Conv2d(first, second, kernel_size=3, padding=1),
+            nn.ReLU(),
+            nn.MaxPool2d(2),
+        )
+        self.classifier = nn.Sequential(
+            nn.Flatten(),
+            nn.Linear(second * pooled * pooled, hidden_features),
+            nn.ReLU(),
+            nn.Linear(hidden_features, num_classes),
+        )
+
+    def forward(self, images: Tensor) -> Tensor:
+        return self.classifier(self.features(images))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import inspect
+import math
 import numbers
 import os
 import re
@@ -58,7 +59,8 @@ class WeightDecayModule(LightningModule):
     (``"decay"`` with λ = ``weight_decay``, ``"no_decay"`` with 0) to the
     injected ``optimizer``, so a config can choose the optimizer while the groups
     stay. Logged: ``train/loss`` and ``val/loss`` (the data term, without any
-    penalty) and ``val/<metric>`` for each entry of ``val_metrics``.
+    penalty) and ``val/<metric>`` for each entry of ``val_metrics`` (and
+    ``test/loss``, ``test/<metric>`` when testing).
     ``train/loss`` is logged on every step, so callbacks and schedulers can
     monitor it (Lightning writes it to the loggers every ``log_every_n_steps``);
     a non-finite training loss raises :class:`TrainingDivergedError` at the next
@@ -82,7 +84,8 @@ class WeightDecayModule(LightningModule):
             takes one, e.g. ``"train/loss"``), by default ``"val/loss"``.
         penalty: ``"optimizer"`` or ``"loss"`` (see above).
         loss: maps ``(predictions, targets)`` to a scalar; defaults to :class:`HalfMSELoss`.
-        val_metrics: torchmetrics logged as ``val/<name>`` on the validation set.
+        val_metrics: torchmetrics logged as ``val/<name>`` on the validation set,
+            and as ``test/<name>`` on the test set.
         decay_rules: which parameters decay (:class:`~wd_lightning.DecayRules`);
             the default rule exempts biases, norm layers, 1-D parameters and
             whatever submodules declare in ``no_weight_decay()``.
@@ -122,6 +125,8 @@ class WeightDecayModule(LightningModule):
         self.model = model
         self.loss = loss if loss is not None else HalfMSELoss()
         self.val_metrics = MetricCollection(dict(val_metrics or {}), prefix="val/")
+        # The same metrics, with state of their own, for the test set.
+        self.test_metrics = self.val_metrics.clone(prefix="test/")
         self.optimizer_factory = optimizer
         self.lr_scheduler_factory = lr_scheduler
         self.decay_rules = decay_rules or DecayRules()
@@ -344,8 +349,9 @@ class WeightDecayModule(LightningModule):
         # parts by their sizes, so the logged loss is that of the whole set.
         loss = self.loss(predictions, targets)
         self.log(f"{stage}/loss", loss, batch_size=len(inputs), sync_dist=True)
-        if stage == "val" and self.val_metrics:
-            self.val_metrics.update(predictions, targets)
+        if self.val_metrics:
+            metrics = self.val_metrics if stage == "val" else self.test_metrics
+            metrics.update(predictions, targets)
 
     def _predict(self, inputs: Tensor) -> Tensor:
         """``self(inputs)``, with a mismatch at the model's input reported as the data's fault.
@@ -374,6 +380,11 @@ class WeightDecayModule(LightningModule):
         if self.val_metrics:
             self.log_dict(self.val_metrics.compute(), sync_dist=True)
             self.val_metrics.reset()
+
+    def on_test_epoch_end(self) -> None:
+        if self.test_metrics:
+            self.log_dict(self.test_metrics.compute(), sync_dist=True)
+            self.test_metrics.reset()
 
     # ------------------------------------------------------------- divergence
     def _track_divergence(self, loss: Tensor) -> None:
@@ -429,13 +440,27 @@ class WeightDecayModule(LightningModule):
         monitors = [getattr(callback, "monitor", None) for callback in self.trainer.callbacks]
         monitors += [config.monitor for config in self.trainer.lr_scheduler_configs]
         self._sync_loss_every_step = "train/loss" in monitors
+
+    def on_train_start(self) -> None:
+        # Here rather than at on_fit_start: the training loader is set up, so τ
+        # can be given in epochs as well as in steps.
         report, optimizer = self.param_groups_report, self.trainer.optimizers[0]
         # Say where every parameter went before the first step: a wrong grouping
         # is cheap to spot here and expensive to discover after a long run.
-        rank_zero_info(f"Parameter groups:\n{report.summary(optimizer)}")
+        steps_per_epoch = _steps_per_epoch(self.trainer)
+        rank_zero_info(f"Parameter groups:\n{report.summary(optimizer, steps_per_epoch)}")
         for logger in self.loggers:
             if isinstance(logger, TensorBoardLogger):
-                logger.experiment.add_text("param_groups", report.markdown(optimizer), 0)
+                markdown = report.markdown(optimizer, steps_per_epoch)
+                logger.experiment.add_text("param_groups", markdown, 0)
+
+
+def _steps_per_epoch(trainer: Any) -> int | None:
+    """Optimizer steps per training epoch, for τ in epochs; ``None`` when it is not known."""
+    batches = trainer.num_training_batches
+    if not math.isfinite(batches) or batches <= 0:
+        return None
+    return max(1, math.ceil(batches / trainer.accumulate_grad_batches))
 
 
 def _plain_numbers(*hparams: dict[str, Any]) -> None:

@@ -1,0 +1,275 @@
+"""Each named decay rule passes its correct implementation and catches its realistic slip;
+each blind spot is covered by an optimizer the check must pass or must fail clearly."""
+
+from __future__ import annotations
+
+import warnings
+from typing import Any
+
+import pytest
+import torch
+from hypothesis import Phase, given, settings
+from hypothesis import strategies as st
+
+from wd_lightning.core.errors import InvalidArgumentError
+from wd_lightning.testing import (
+    CONTRACTS,
+    DecayContract,
+    GradientWriteWarning,
+    check_weight_decay,
+    tensor_shapes,
+)
+from wd_lightning.testing.twin_runs import Scenario, scenarios
+
+from . import broken_optimizers as broken
+from . import contract_optimizers as rules
+
+
+def _without_shrinking() -> settings:
+    """The active profile without shrinking, so that a caught mistake is reported fast."""
+    return settings(settings(), phases=[Phase.explicit, Phase.reuse, Phase.generate])
+
+
+def _double_strength() -> DecayContract:
+    return DecayContract(
+        "double-strength",
+        "w ← (1 − 2·lr·λ)·w before the step",
+        twin_input=lambda s: (s.weights * (1 - 2 * s.lr * s.weight_decay), s.grad),
+    )
+
+
+@pytest.mark.parametrize(
+    ("factory", "contract"),
+    [
+        pytest.param(rules.IndependentDecaySGD, "independent", id="independent"),
+        pytest.param(broken.UnscaledDecayAdamW, "independent", id="independent-adamw"),
+        pytest.param(rules.CorrectedDecaySGD, "corrected", id="corrected"),
+        pytest.param(rules.MaxCorrectedDecaySGD, "corrected-max", id="corrected-max"),
+        pytest.param(rules.ProximalSGD, "proximal", id="proximal"),
+        pytest.param(broken.DecayAfterUpdateAdamW, "decoupled-after", id="decoupled-after"),
+        pytest.param(rules.LinearisedProximalSGD, "decoupled-after", id="decoupled-after-sgd"),
+        pytest.param(rules.StepSizeDecayAdamW, "adaptive", id="adaptive"),
+        pytest.param(broken.HandWrittenAdamW, "adaptive", id="decoupled-is-adaptive-too"),
+        pytest.param(rules.DoubleStrengthDecaySGD, _double_strength(), id="user-rule"),
+        # torch's Adafactor computes its relative step from the weights before shrinking them.
+        pytest.param(torch.optim.Adafactor, "decoupled", id="Adafactor"),
+    ],
+)
+def test_rule_passes_its_correct_implementation(factory: Any, contract: Any) -> None:
+    check_weight_decay(factory, contract, max_examples=min(settings().max_examples, 50))
+
+
+@pytest.mark.parametrize(
+    ("factory", "contract"),
+    [
+        pytest.param(rules.LrScaledIndependentSGD, "independent", id="independent-times-lr"),
+        pytest.param(rules.ConstructorLrCorrectedSGD, "corrected", id="corrected-default-lr"),
+        pytest.param(rules.FirstLrCorrectedSGD, "corrected-max", id="corrected-max-first-lr"),
+        pytest.param(rules.LinearisedProximalSGD, "proximal", id="proximal-linearised"),
+        pytest.param(rules.ProximalSGD, "decoupled-after", id="decoupled-after-divides"),
+        pytest.param(rules.PreconditionedDecayAdamW, "adaptive", id="adaptive-per-element"),
+        pytest.param(broken.GrowingAdamW, "adaptive", id="adaptive-grows"),
+        pytest.param(broken.HandWrittenAdamW, _double_strength(), id="user-rule"),
+        pytest.param(rules.StepSizeDecayAdamW, "decoupled", id="adaptive-is-not-decoupled"),
+    ],
+)
+def test_rule_catches_its_slip(factory: Any, contract: Any) -> None:
+    with pytest.raises(AssertionError, match="broken at step"):
+        check_weight_decay(factory, contract, hypothesis_settings=_without_shrinking())
+
+
+def test_every_named_rule_is_tested_both_ways() -> None:
+    passing = {"coupled", "decoupled", "independent", "corrected", "corrected-max"}
+    passing |= {"proximal", "decoupled-after", "adaptive"}
+    assert passing == set(CONTRACTS)
+
+
+def test_failure_shows_the_weights_and_the_contract_that_held() -> None:
+    with pytest.raises(AssertionError) as caught:
+        check_weight_decay(broken.DecayAfterUpdateAdamW, "decoupled", max_examples=10, steps=2)
+    message = str(caught.value)
+    assert "weights before the step: " in message
+    assert "expected after the step: " in message
+    assert "actual after the step:   " in message
+    assert "held instead: decoupled-after" in message
+
+
+def test_failure_says_when_no_named_contract_holds() -> None:
+    with pytest.raises(AssertionError, match="No named contract held on this example"):
+        check_weight_decay(broken.SignFlippedSGD, "coupled", max_examples=10, steps=1)
+
+
+# --- gradients written in place ------------------------------------------------------------------
+
+
+def test_grad_writes_are_reported_apart_from_the_decay_verdict() -> None:
+    with pytest.warns(GradientWriteWarning, match=r"modified \.grad in place"):
+        check_weight_decay(broken.GradMutatingSGD, "coupled", max_examples=10)
+
+
+def test_a_grad_write_does_not_hide_a_wrong_decay() -> None:
+    with pytest.raises(AssertionError, match="broken at step"):
+        check_weight_decay(
+            rules.GradMutatingSignFlippedSGD,
+            "coupled",
+            grad_writes="ignore",
+            hypothesis_settings=_without_shrinking(),
+        )
+
+
+def test_grad_writes_can_be_ignored() -> None:
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        check_weight_decay(broken.GradMutatingSGD, "coupled", max_examples=5, grad_writes="ignore")
+
+
+def test_a_correct_optimizer_gives_no_grad_warning() -> None:
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        check_weight_decay(broken.HandWrittenSGD, "coupled", max_examples=5)
+
+
+# --- nothing moved -------------------------------------------------------------------------------
+
+
+def test_warmup_optimizer_is_run_until_it_moves() -> None:
+    check_weight_decay(rules.WarmupSGD, "coupled", max_examples=10)
+
+
+def test_warmup_longer_than_allowed_fails_clearly() -> None:
+    with pytest.raises(AssertionError, match="never moved the weights in 5 steps"):
+        check_weight_decay(
+            rules.WarmupSGD,
+            "coupled",
+            max_examples=5,
+            warmup_steps=1,
+            hypothesis_settings=_without_shrinking(),
+        )
+
+
+def test_optimizer_that_never_moves_fails_clearly() -> None:
+    with pytest.raises(AssertionError, match="never moved the weights"):
+        check_weight_decay(
+            rules.NeverMovingSGD, "coupled", hypothesis_settings=_without_shrinking()
+        )
+
+
+def test_ignored_weight_decay_fails_clearly() -> None:
+    with pytest.raises(AssertionError, match="ignores weight_decay"):
+        check_weight_decay(
+            rules.SignDecayIgnoredSGD, "coupled", hypothesis_settings=_without_shrinking()
+        )
+
+
+# --- random numbers ------------------------------------------------------------------------------
+
+
+def test_stochastic_optimizer_sees_the_same_random_numbers_in_every_run() -> None:
+    torch.manual_seed(0)
+    before = torch.get_rng_state()
+    check_weight_decay(rules.NoisySGD, "coupled", max_examples=10)
+    # The check draws from a forked generator: the caller's random numbers are left alone.
+    assert torch.equal(torch.get_rng_state(), before)
+
+
+def test_shared_random_numbers_do_not_hide_a_mistake() -> None:
+    with pytest.raises(AssertionError, match="broken at step"):
+        check_weight_decay(
+            rules.NoisySignFlippedSGD, "coupled", hypothesis_settings=_without_shrinking()
+        )
+
+
+# --- behaviour that changes at λ = 0 -------------------------------------------------------------
+
+
+# A trust ratio rescales a one-element step to |w| whatever λ is, so these run on vectors.
+VECTORS = st.sampled_from([(2,), (3,), (2, 2)])
+
+
+def test_trust_ratio_applied_always_passes() -> None:
+    check_weight_decay(rules.TrustRatioSGD, "coupled", shapes=VECTORS, max_examples=10)
+
+
+def test_trust_ratio_applied_only_with_decay_is_named_in_the_failure() -> None:
+    with pytest.raises(AssertionError, match="behaves differently at weight_decay=0"):
+        check_weight_decay(
+            rules.TrustRatioOnlyWithDecaySGD,
+            "coupled",
+            shapes=VECTORS,
+            hypothesis_settings=_without_shrinking(),
+        )
+
+
+@settings(max_examples=20, deadline=None)
+@given(
+    scenario=scenarios(
+        steps=3,
+        dtypes=(torch.float64,),
+        device=torch.device("cpu"),
+        max_decay_per_step=0.5,
+        shapes=None,
+    )
+)
+def test_first_parameter_always_gives_the_decay_something_to_show(scenario: Scenario) -> None:
+    # Two elements or more, none small, with a non-zero gradient at every step: a step
+    # rescaled to the weights' norm cannot hide the decay, and there is always something to move.
+    anchor = scenario.groups[0].params[0]
+    assert anchor.init.numel() >= 2
+    assert bool((anchor.init.abs() >= 0.5).all())
+    assert all(grad is not None and bool((grad != 0).all()) for grad in anchor.grads)
+    assert scenario.groups[0].weight_decay > 0
+
+
+# --- shapes, dtypes, group flags, closures -------------------------------------------------------
+
+
+def test_shapes_can_be_limited_to_what_the_optimizer_accepts() -> None:
+    with pytest.raises(ValueError, match="only 2-d parameters"):
+        check_weight_decay(rules.MatrixOnlySGD, "coupled", hypothesis_settings=_without_shrinking())
+    matrices = tensor_shapes(min_dims=2, max_dims=2, max_side=3)
+    check_weight_decay(rules.MatrixOnlySGD, "coupled", shapes=matrices, max_examples=10)
+
+
+def test_mixed_dtypes_across_groups() -> None:
+    both = (torch.float32, torch.float64)
+    check_weight_decay(torch.optim.AdamW, "decoupled", dtype=both, max_examples=20)
+    check_weight_decay(rules.DtypeBucketDecaySGD, "coupled", max_examples=10)
+    with pytest.raises(AssertionError, match="broken at step"):
+        check_weight_decay(
+            rules.DtypeBucketDecaySGD,
+            "coupled",
+            dtype=both,
+            hypothesis_settings=_without_shrinking(),
+        )
+
+
+def test_group_options_reach_every_group() -> None:
+    with pytest.raises(ValueError, match="use_flag"):
+        check_weight_decay(
+            rules.FlaggedGroupsSGD, "coupled", hypothesis_settings=_without_shrinking()
+        )
+    check_weight_decay(
+        rules.FlaggedGroupsSGD, "coupled", group_options={"use_flag": True}, max_examples=10
+    )
+
+
+def test_closure_for_optimizers_that_require_one() -> None:
+    with pytest.raises(RuntimeError, match="requires a closure"):
+        check_weight_decay(
+            rules.ClosureOnlySGD, "coupled", hypothesis_settings=_without_shrinking()
+        )
+    check_weight_decay(rules.ClosureOnlySGD, "coupled", closure=True, max_examples=10)
+    check_weight_decay(torch.optim.Adam, "coupled", closure=True, max_examples=10)
+
+
+@pytest.mark.parametrize(
+    ("arguments", "message"),
+    [
+        ({"name": ""}, "name='' is not allowed"),
+        ({"twin_input": "shrink"}, "twin_input='shrink' is not allowed"),
+        ({"expected": None}, "expected=None is not allowed"),
+    ],
+)
+def test_a_contract_of_ones_own_is_validated(arguments: dict[str, Any], message: str) -> None:
+    with pytest.raises(InvalidArgumentError, match=message):
+        DecayContract(**{"name": "mine", "statement": "w ← w", **arguments})
