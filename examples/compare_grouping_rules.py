@@ -2,7 +2,7 @@
 
     python examples/compare_grouping_rules.py
 
-prints the Markdown table shown in the README. The other rules are
+prints the Markdown table shown in docs/grouping.md. The other rules are
 re-implemented here from their published descriptions (timm's
 ``param_groups_weight_decay``, nanoGPT's ``configure_optimizers``, Hugging Face
 Trainer's ``get_decay_parameter_names``); they are emulations for comparison,
@@ -14,7 +14,9 @@ from __future__ import annotations
 import re
 from collections.abc import Callable
 
+import torch
 from torch import nn
+from torch.nn.utils import parametrizations
 
 from wd_lightning import param_groups
 from wd_lightning.testing.model_zoo import TinyGPT, WrappedViT, conv_net, mlp_with_batchnorm
@@ -69,6 +71,27 @@ RULES: dict[str, Rule] = {
     "Hugging Face": huggingface_like,
 }
 
+
+class NormedEmbedding(nn.Embedding):
+    """A token table normalised in forward; "Norm" in its name, an embedding by type."""
+
+
+class KindsOfParameters(nn.Module):
+    """Parameter kinds that real model code writes in shapes other rules misread."""
+
+    def __init__(self, d: int = 8) -> None:
+        super().__init__()
+        self.embed = NormedEmbedding(16, d)
+        self.cls_token = nn.Parameter(torch.zeros(1, 1, d))  # not declared anywhere
+        self.layer_scale = nn.Parameter(torch.ones(d, 1, 1))
+        self.attn = nn.MultiheadAttention(d, 2, add_bias_kv=True)
+        self.gate_up_proj_bias = nn.Parameter(torch.zeros(4, 2 * d))  # fused experts
+        self.A_log = nn.Parameter(torch.zeros(d, 4))
+        self.A_log._no_weight_decay = True  # mamba-style declaration on the tensor
+        self.conv = parametrizations.weight_norm(nn.Conv1d(d, d, 3))
+        self.score = nn.Linear(d, 1)
+
+
 # (what the parameter is, model, its name in that model)
 CASES: list[tuple[str, Callable[[], nn.Module], str]] = [
     ("Linear weight", mlp_with_batchnorm, "0.weight"),
@@ -82,6 +105,18 @@ CASES: list[tuple[str, Callable[[], nn.Module], str]] = [
     ("token embedding (tied to the output head)", TinyGPT, "wte.weight"),
     ("`pos_embed` declared by a nested backbone", WrappedViT, "backbone.pos_embed"),
     ("`cls_token` declared by a nested backbone", WrappedViT, "backbone.cls_token"),
+    ("`NormedEmbedding` table", KindsOfParameters, "embed.weight"),
+    ("undeclared class token `(1, 1, D)`", KindsOfParameters, "cls_token"),
+    ("layer scale `(D, 1, 1)`", KindsOfParameters, "layer_scale"),
+    ("MultiheadAttention `bias_k` `(1, 1, D)`", KindsOfParameters, "attn.bias_k"),
+    ("fused-expert `gate_up_proj_bias` `(E, 2I)`", KindsOfParameters, "gate_up_proj_bias"),
+    ("`A_log` with `_no_weight_decay = True`", KindsOfParameters, "A_log"),
+    (
+        "weight-norm magnitude `(out, 1, 1)`",
+        KindsOfParameters,
+        "conv.parametrizations.weight.original0",
+    ),
+    ("`Linear(d, 1)` weight `(1, d)`", KindsOfParameters, "score.weight"),
 ]
 
 

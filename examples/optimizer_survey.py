@@ -1,9 +1,9 @@
 """What ``identify_weight_decay`` reports for torch.optim and a pinned set of other libraries.
 
-Run ``python examples/optimizer_survey.py`` to print the README's table (section "Which decay
-rule does my optimizer follow?"); optimizers from a library that is not installed are left
-out. The test suite checks every row against the rule each optimizer documents
-(``tests/testing/test_optimizer_survey.py``) and that the table in the README is current.
+Run ``python examples/optimizer_survey.py`` to print the table of docs/optimizer-rules.md
+("Which decay rule does my optimizer follow?"); optimizers from a library that is not
+installed are left out. The test suite checks every row against the rule each optimizer documents
+(``tests/testing/test_optimizer_survey.py``) and that the table in the docs is current.
 
 Versions surveyed: those pinned by the ``optimizers`` extra in ``pyproject.toml``.
 """
@@ -256,7 +256,7 @@ def _notes(report: DecayIdentification) -> str:
 
 
 def table(entries: range | None = None) -> str:
-    """The README's table, for every entry whose library is installed."""
+    """The docs' table, for every entry whose library is installed."""
     rows = [
         "| optimizer | documented | `identify_weight_decay` reports | notes |",
         "|---|---|---|---|",

@@ -1,4 +1,4 @@
-"""A sweep's summary per λ, as the Markdown table in the README's digits section.
+"""A sweep's summary per λ, as the Markdown table in docs/digits.md.
 
     python -m wd_lightning sweep --config configs/digits_sweep.yaml
     python examples/sweep_table.py sweeps/digits

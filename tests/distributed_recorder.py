@@ -13,6 +13,8 @@ from pathlib import Path
 import torch
 from lightning.pytorch import Callback, LightningModule, Trainer
 
+from wd_lightning.training.module import steps_per_epoch_of
+
 
 def _whole(tensor: torch.Tensor) -> torch.Tensor:
     """The full value of a parameter; gathering a sharded one is a collective."""
@@ -63,7 +65,8 @@ class RankRecorder(Callback):
                 }
                 for group in optimizer.param_groups
             ],
-            "report": pl_module.param_groups_report.summary(optimizer),
+            # As the module prints it when the fit starts (τ in epochs included).
+            "report": pl_module.param_groups_report.summary(optimizer, steps_per_epoch_of(trainer)),
             "batches": self.batches,
             "weights": {name: _whole(param).tolist() for name, param in params.items()},
         }

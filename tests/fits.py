@@ -73,3 +73,31 @@ class SignalAt(Callback):
         if trainer.global_step == self.step:
             for _ in range(self.times):
                 signal.raise_signal(getattr(signal, self.signal_name))
+
+
+class ArriveTogether(Callback):
+    """Holds a fit at setup until ``parties`` processes have arrived, then lets all go at once.
+
+    Makes two CLI processes ask for their run directory at the same moment:
+    ``--trainer.callbacks tests.fits.ArriveTogether --trainer.callbacks.folder DIR``.
+    Callbacks given on the command line run their ``setup`` before the CLI's
+    config saver, which is where the run directory is first asked for.
+    """
+
+    def __init__(self, folder: str, parties: int = 2, timeout: float = 120.0) -> None:
+        self.folder = Path(folder)
+        self.parties = parties
+        self.timeout = timeout
+
+    def setup(self, trainer, pl_module, stage) -> None:
+        import os
+        import time
+
+        self.folder.mkdir(parents=True, exist_ok=True)
+        (self.folder / f"arrived.{os.getpid()}").touch()
+        deadline = time.monotonic() + self.timeout
+        while len(list(self.folder.glob("arrived.*"))) < self.parties:
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"only some of {self.parties} processes arrived")
+            time.sleep(0.01)
+        trainer.logger.version  # noqa: B018 - every process picks its version now, together

@@ -1,7 +1,7 @@
-"""Each wrong input in the README's table gets the message it shows, and leaves nothing behind.
+"""Each wrong input in docs/errors.md's table gets the message it shows, and leaves nothing behind.
 
 ``CASES`` is the table: ``test_readme_table_is_the_case_list`` checks that the
-README's section "When the input is wrong" lists exactly these rows, and the
+page docs/errors.md ("When the input is wrong") lists exactly these rows, and the
 other tests run each row. In a message, ``…`` stands for a part that varies
 (a path, a temporary folder).
 """
@@ -36,16 +36,16 @@ from wd_lightning import (
 )
 from wd_lightning.cli import main
 
-README = (REPO / "README.md").read_text()
+ERRORS_PAGE = (REPO / "docs" / "errors.md").read_text()
 
 
 @dataclass(frozen=True)
 class Case:
-    """One row of the README's table, and how to produce it."""
+    """One row of the errors page's table, and how to produce it."""
 
     where: str  # "CLI", "config" or "API"
-    input: str  # Markdown, as the README shows it
-    message: str  # as the README shows it; "…" stands for a part that varies
+    input: str  # Markdown, as the errors page shows it
+    message: str  # as the errors page shows it; "…" stands for a part that varies
     outcome: str  # "exit 2", "exit 1", or the exception the API raises
     run: tuple[str, ...] | Callable[[], object]  # CLI arguments after "fit", or the API call
     subprocess: bool = False  # run as `python -m wd_lightning` rather than in-process
@@ -482,10 +482,9 @@ def _assert_shows(message: str, text: str) -> None:
 
 # ----------------------------------------------------------------------- tests
 def test_readme_table_is_the_case_list():
-    section = README.split("## When the input is wrong", 1)[1].split("\n## ", 1)[0]
-    rows = [line for line in section.splitlines() if line.startswith("| ")][1:]  # no header
+    rows = [line for line in ERRORS_PAGE.splitlines() if line.startswith("| ")][1:]  # no header
     expected = [case.row for case in CASES]
-    assert rows == expected, "README table should read:\n" + "\n".join(expected)
+    assert rows == expected, "docs/errors.md's table should read:\n" + "\n".join(expected)
 
 
 def test_the_table_covers_every_kind_of_input():

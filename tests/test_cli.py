@@ -10,7 +10,7 @@ from lightning.pytorch.callbacks import ModelSummary
 
 from tests.fits import CONFIGS, REPO
 from wd_lightning import LinearRegression, SyntheticRegressionDataModule
-from wd_lightning.cli import WeightDecayCLI, condense_parser_error, main
+from wd_lightning.cli import LEAD_OPTIONS, WeightDecayCLI, condense_parser_error, main
 from wd_lightning.training.tensorboard import read_scalars
 
 QUIET = ["--trainer.enable_progress_bar", "false", "--trainer.enable_model_summary", "false"]
@@ -64,10 +64,84 @@ def test_fit_with_no_arguments_writes_tensorboard_logs(tmp_path, monkeypatch, ca
     assert "fit finished after 8 optimizer steps" in out and "weight_norm/decay" in out
 
 
-@pytest.mark.parametrize(("subcommand", "stage"), [("validate", "val"), ("test", "test")])
-def test_evaluation_subcommands_run(tmp_path, subcommand, stage):
-    cli = WeightDecayCLI(args=[subcommand, "--trainer.default_root_dir", str(tmp_path), *QUIET])
-    assert f"{stage}/loss" in cli.trainer.callback_metrics
+def test_validate_and_test_score_a_trained_checkpoint_on_their_own_data(tmp_path):
+    root = ["--trainer.default_root_dir", str(tmp_path), *QUIET]
+    fitted = WeightDecayCLI(args=["fit", "--trainer.max_epochs", "5", *root])
+    checkpoint = ["--ckpt_path", f"{fitted.trainer.log_dir}/checkpoints/last.ckpt"]
+    val = WeightDecayCLI(args=["validate", *checkpoint, *root]).trainer.callback_metrics
+    test = WeightDecayCLI(args=["test", *checkpoint, *root]).trainer.callback_metrics
+    # The held-out set, scored again from the checkpoint: what the fit logged last.
+    assert val["val/loss"].item() == pytest.approx(fitted.trainer.callback_metrics["val/loss"])
+    # The test set is other examples than the held-out set.
+    assert test["test/loss"].item() != pytest.approx(val["val/loss"].item())
+
+
+@pytest.mark.parametrize("subcommand", ["validate", "test"])
+def test_evaluating_untrained_weights_is_refused(tmp_path, monkeypatch, capsys, subcommand):
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(SystemExit) as exited:
+        main([subcommand])
+    assert exited.value.code == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "--ckpt_path" in err and "untrained" in err
+    assert not (tmp_path / "lightning_logs").exists()
+
+
+def test_predict_is_not_offered(capsys):
+    with pytest.raises(SystemExit) as exited:
+        main(["predict"])
+    assert exited.value.code == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "'predict'" in err
+
+
+def test_bare_command_prints_an_overview(capsys):
+    main([])
+    out = capsys.readouterr().out
+    for name in ("fit", "validate", "test", "sweep", "plot"):
+        assert f"\n  {name} " in out
+    for config in ("d2l_no_decay", "d2l_weight_decay", "sweep", "ucurve", "mlp_classifier"):
+        assert f"\n  {config} " in out
+    assert "fit --config d2l_weight_decay" in out
+
+
+def test_help_leads_with_this_packages_options(capsys):
+    with pytest.raises(SystemExit):
+        main(["fit", "--help"])
+    out = capsys.readouterr().out
+    usage, _, rest = out.partition("\n")
+    assert usage == "usage: wd-lightning fit [--config NAME_OR_FILE] [options]"
+    lead = rest[: rest.index("--trainer.accelerator")]
+    for option, _, _ in LEAD_OPTIONS:
+        assert f"  {option} " in lead, option
+    assert rest.splitlines()[1] == "Train a model; with no options, the article's λ = 3 run."
+
+
+@pytest.mark.parametrize(("option", "value"), [(o, v) for o, v, _ in LEAD_OPTIONS])
+def test_every_option_the_help_leads_with_is_accepted(option, value):
+    args = [option, value]
+    if option.startswith("--model.optimizer."):
+        args = ["--model.optimizer", "torch.optim.SGD", *args]
+    _parse(*args)
+
+
+def test_usage_names_the_module_when_run_with_python_m(tmp_path):
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), *sys.path])}
+    result = subprocess.run(
+        [sys.executable, "-m", "wd_lightning", "fit", "--help"],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.stdout.startswith("usage: python -m wd_lightning fit ")
+
+
+def test_a_shipped_config_is_found_by_name(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # not a clone: no configs/ folder here
+    assert _parse("--config", "d2l_no_decay").model.weight_decay == 0.0
+    assert _parse("--config=d2l_weight_decay").model.weight_decay == 3.0
 
 
 BAD_INPUTS = [
@@ -85,6 +159,7 @@ BAD_INPUTS = [
     (["--model.wd", "3"], "--model", "'wd' is not accepted"),
     (["--data.batchsize", "3"], "--data", "'batchsize' is not accepted"),
     (["--config", "missing.yaml"], "--config", "does not exist"),
+    (["--config", "d2l_weightdecay"], "--config='d2l_weightdecay'", "d2l_weight_decay"),
     (["--trainer.max_epoch", "3"], "", "--trainer.max_epoch"),
 ]
 
@@ -99,7 +174,7 @@ def test_bad_input_gets_one_line_naming_the_option(
     assert exited.value.code == 2
     err = capsys.readouterr().err
     errors = [line for line in err.splitlines() if "error:" in line]
-    assert len(errors) == 1, err
+    assert err.splitlines() == errors and len(errors) == 1, err
     assert option in errors[0] and allowed in errors[0], errors[0]
     assert "Traceback" not in err
     assert not (tmp_path / "lightning_logs").exists()
@@ -235,7 +310,34 @@ def test_own_checkpoint_callback_or_none_replaces_the_default(tmp_path):
 
 
 def test_model_summary_is_off_by_default_and_can_be_turned_on():
-    # isinstance, not the class name: with rich installed Lightning picks RichModelSummary.
+    # RichModelSummary, a subclass, when rich is installed (import-linter brings it).
+
     assert not any(isinstance(c, ModelSummary) for c in _parse().trainer.callbacks)
     on = _parse("--trainer.enable_model_summary", "true")
     assert any(isinstance(c, ModelSummary) for c in on.trainer.callbacks)
+
+
+@pytest.mark.slow
+def test_sigterm_is_reported_in_one_line(tmp_path):
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), *sys.path])}
+    command = [sys.executable, "-m", "wd_lightning", "fit", "--trainer.max_epochs", "3", *QUIET]
+    command += ["--trainer.callbacks", "tests.fits.SignalAt", "--trainer.callbacks.step", "6"]
+    result = subprocess.run(
+        command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300
+    )
+    assert result.returncode == 143
+    checkpoint = tmp_path / "lightning_logs" / "version_0" / "checkpoints" / "last.ckpt"
+    *start_up, last = result.stderr.splitlines()
+    assert last == (
+        f"wd-lightning: fit interrupted by SIGTERM at step 6; resume with --ckpt_path {checkpoint}"
+    )
+    # Lightning's start-up lines stay; its own lines about the interrupt do not.
+    assert not [line for line in start_up if "SIGTERM" in line or "checkpoint" in line]
+
+
+def test_runs_without_a_logger_leave_the_working_directory_alone(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    for _ in range(2):  # the second run used to stop on the first one's config.yaml
+        main(["fit", "--trainer.max_epochs", "1", "--trainer.logger", "false", *QUIET])
+    assert not (tmp_path / "config.yaml").exists()
+    assert "logs:" not in capsys.readouterr().out

@@ -1,12 +1,13 @@
 """Every shipped config parses, instantiates, and runs the article's experiment."""
 
 import importlib.util
+import runpy
 import statistics
 
 import pytest
 import torch
 
-from tests.fits import CONFIGS
+from tests.fits import CONFIGS, REPO
 from wd_lightning.cli import WeightDecayCLI, main
 from wd_lightning.sweep.plots import FIGURES, read_table
 
@@ -52,30 +53,43 @@ def test_config_parses_and_instantiates(config):
     assert "#" in config.read_text(), "shipped configs are commented"
 
 
-def _fit(config: str, seed: int, tmp_path) -> tuple[float, float]:
-    """‖w‖ and the held-out ½-loss after the config's full run, for one seed."""
-    args = ["fit", "--config", str(CONFIGS / config), "--seed_everything", str(seed)]
-    args += ["--data.data_seed", str(seed), "--trainer.default_root_dir", str(tmp_path), *QUIET]
-    cli = WeightDecayCLI(args=args)
-    assert cli.trainer.global_step == 400
-    weight_norm = torch.linalg.vector_norm(cli.model.model.weight).item()
-    return weight_norm, cli.trainer.callback_metrics["val/loss"].item()
+@pytest.fixture(scope="module")
+def book_numbers():
+    """examples/book_numbers.py: its functions, and its five-seed runs of both configs."""
+    script = runpy.run_path(str(REPO / "examples" / "book_numbers.py"))
+    return script, script["measure_all"]()
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("seed", [0, 1, 2])
-def test_no_decay_overfits(seed, tmp_path):
-    weight_norm, held_out = _fit("d2l_no_decay.yaml", seed, tmp_path)
-    assert 12 <= weight_norm <= 15.5
-    assert held_out > 30
+def test_no_decay_overfits_and_decay_shrinks_w_for_every_seed(book_numbers):
+    _, runs = book_numbers
+    for run in runs["d2l_no_decay"]:
+        assert 12 <= run.weight_norm <= 15.5 and run.val_loss > 30
+    for run in runs["d2l_weight_decay"]:
+        assert 0.33 <= run.weight_norm <= 0.42 and run.val_loss < 0.3
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("seed", [0, 1, 2])
-def test_weight_decay_shrinks_w_and_the_held_out_loss(seed, tmp_path):
-    weight_norm, held_out = _fit("d2l_weight_decay.yaml", seed, tmp_path)
-    assert 0.33 <= weight_norm <= 0.42
-    assert held_out < 0.3
+@pytest.mark.parametrize("config", ["d2l_no_decay", "d2l_weight_decay"])
+def test_config_comment_quotes_its_measured_seed_0_run(book_numbers, config):
+    script, runs = book_numbers
+    assert script["comment_line"](runs[config][0]) in (CONFIGS / f"{config}.yaml").read_text()
+
+
+@pytest.mark.slow
+def test_docs_quote_the_measured_five_seed_table(book_numbers):
+    script, runs = book_numbers
+    page = (REPO / "docs" / "book.md").read_text()
+    assert script["table"](runs) in page
+    assert f"by a factor of {script['ratio'](runs)}" in page
+    # The summary a seed-0 run prints, as the page shows it (fit_summary's layout).
+    run = runs["d2l_weight_decay"][0]
+    for tag, value in [
+        ("train/loss", run.train_loss),
+        ("val/loss", run.val_loss),
+        ("weight_norm/decay", run.weight_norm),
+    ]:
+        assert f"\n  {tag:<20}  {value:.6g}\n" in page, tag
 
 
 @pytest.mark.slow
@@ -99,8 +113,8 @@ def test_sweep_config_parses(config, capsys):
     assert "#" in config.read_text(), "shipped configs are commented"
 
 
-def _sweep(config: str, tmp_path) -> dict[float, list[dict]]:
-    """The shipped sweep's summary rows, by λ."""
+def _sweep(config: str, tmp_path) -> tuple[dict[float, list[dict]], list[dict]]:
+    """The shipped sweep's summary rows by λ, and its closed-form ridge curve."""
     output_dir = tmp_path / "sweep"
     main(["sweep", "--config", str(CONFIGS / config), "--output_dir", str(output_dir)])
     figures = {path.name for path in (output_dir / "figures").glob("*.png")}
@@ -108,7 +122,12 @@ def _sweep(config: str, tmp_path) -> dict[float, list[dict]]:
     by_weight_decay: dict[float, list[dict]] = {}
     for row in read_table(output_dir / "summary.csv"):
         by_weight_decay.setdefault(row["weight_decay"], []).append(row)
-    return by_weight_decay
+    return by_weight_decay, read_table(output_dir / "ridge_curve.csv")
+
+
+def _quoted(value: float) -> str:
+    """A number as the configs' comments round it: two significant digits."""
+    return f"{value:.2g}"
 
 
 def _median(rows: list[dict], column: str) -> float:
@@ -117,7 +136,10 @@ def _median(rows: list[dict], column: str) -> float:
 
 @pytest.mark.slow
 def test_book_sweep_reproduces_the_article_and_marks_divergence(tmp_path):
-    rows = _sweep("sweep.yaml", tmp_path)
+    rows, ridge_curve = _sweep("sweep.yaml", tmp_path)
+    # configs/ucurve.yaml quotes the book's converged held-out range from this curve.
+    ridge_losses = [row["ridge_val_loss"] for row in ridge_curve]
+    assert (_quoted(min(ridge_losses)), _quoted(max(ridge_losses))) == ("0.0089", "0.0097")
     assert len(rows) >= 12 and all(len(members) == 5 for members in rows.values())
     assert 12 <= _median(rows[0], "weight_norm") <= 15.5
     assert 0.33 <= _median(rows[3], "weight_norm") <= 0.42
@@ -132,7 +154,14 @@ def test_book_sweep_reproduces_the_article_and_marks_divergence(tmp_path):
 
 @pytest.mark.slow
 def test_ucurve_sweep_has_a_u_shaped_held_out_loss(tmp_path):
-    rows = _sweep("ucurve.yaml", tmp_path)
+    rows, ridge_curve = _sweep("ucurve.yaml", tmp_path)
+    # The numbers configs/ucurve.yaml quotes.
+    ridge_at = {row["weight_decay"]: row["ridge_val_loss"] for row in ridge_curve}
+    best_ridge = min(ridge_at, key=ridge_at.get)
+    assert _quoted(ridge_at[0.0]) == "0.086" and _quoted(ridge_at[best_ridge]) == "0.0098"
+    assert 0.3 < best_ridge < 0.8
+    assert _quoted(rows[30][0]["ridge_val_loss"]) == "0.014"
+    assert _quoted(_median(rows[0], "val_loss")) == "0.046"
     held_out = {wd: _median(members, "val_loss") for wd, members in sorted(rows.items())}
     best = min(held_out, key=held_out.get)
     smallest, largest = min(held_out), max(held_out)

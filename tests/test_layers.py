@@ -16,6 +16,7 @@ PLAIN_TORCH_MODULES = [
     "wd_lightning.core.losses",
     "wd_lightning.core.manual",
     "wd_lightning.core.norms",
+    "wd_lightning.core.param_walk",
     "wd_lightning.core.sharding",
     "wd_lightning.testing.contract",
     "wd_lightning.testing.strategies",

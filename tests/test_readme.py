@@ -1,4 +1,4 @@
-"""The README's Python examples run, and print what the README says they print."""
+"""The Python examples of the README and of the docs pages run, and print what they show."""
 
 import contextlib
 import io
@@ -9,7 +9,10 @@ import pytest
 from tests.fits import REPO
 
 README = (REPO / "README.md").read_text()
-PYTHON_BLOCKS = re.findall(r"```python\n(.*?)```", README, flags=re.DOTALL)
+DOCS = {path.name: path.read_text() for path in sorted((REPO / "docs").glob("*.md"))}
+# Everything a reader is shown: the README and every page of the documentation site.
+SHOWN = "\n".join([README, *DOCS.values()])
+PYTHON_BLOCKS = re.findall(r"```python\n(.*?)```", SHOWN, flags=re.DOTALL)
 
 
 def test_readme_has_python_examples():
@@ -33,19 +36,30 @@ def test_grouping_comparison_table_is_current():
     import runpy
 
     script = runpy.run_path(str(REPO / "examples" / "compare_grouping_rules.py"))
-    assert script["comparison_table"]() in README
+    assert script["comparison_table"]() in DOCS["grouping.md"]
 
 
 def test_explain_output_in_readme_is_current():
     from wd_lightning import explain_param_groups
     from wd_lightning.testing.model_zoo import WrappedViT
 
-    assert str(explain_param_groups(WrappedViT(), 0.05)) in README
+    assert str(explain_param_groups(WrappedViT(), 0.05)) in DOCS["grouping.md"]
 
 
-def test_timescale_report_in_readme_is_the_book_runs():
+def test_readme_links_to_existing_docs_pages():
+    linked = re.findall(r"\]\(docs/([\w.-]+\.md)\)", README)
+    assert linked and set(linked) <= set(DOCS)
+
+
+def test_the_test_command_ci_runs_is_the_readmes():
+    command = 'pip install -e ".[test]" && pytest'
+    assert command in README
+    assert command in (REPO / ".ci" / "run").read_text()
+
+
+def test_timescale_report_shown_is_the_book_runs():
     from wd_lightning import LinearRegression
 
     module = LinearRegression()  # the book's λ = 3, SGD at lr 0.003; 4 steps per epoch
     report = module.param_groups_report.summary(module.configure_optimizers(), steps_per_epoch=4)
-    assert report in README
+    assert report in SHOWN

@@ -11,15 +11,20 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Any, NoReturn
 
-from jsonargparse import ArgumentParser, Namespace
+from jsonargparse import ActionConfigFile, ArgumentParser, Namespace
 from lightning.pytorch import Callback, LightningDataModule, LightningModule, Trainer
+from lightning.pytorch import __version__ as lightning_version
 from lightning.pytorch.callbacks import ModelCheckpoint
-from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
-from lightning.pytorch.loggers import TensorBoardLogger
+from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, SaveConfigCallback
 from lightning.pytorch.trainer.states import TrainerFn
 from lightning.pytorch.utilities.exceptions import MisconfigurationException
 from lightning.pytorch.utilities.model_helpers import is_overridden
 
+from wd_lightning.config_files import (
+    describe_config,
+    resolve_config_arguments,
+    shipped_configs,
+)
 from wd_lightning.core.errors import (
     InvalidArgumentError,
     TrainerArgumentError,
@@ -31,16 +36,51 @@ from wd_lightning.training.checkpoints import check_state_dict, is_local_path, r
 from wd_lightning.training.compat import (
     add_cli_subcommand,
     build_cli_arguments,
+    cli_subcommand_parsers,
     ignore_jsonargparse_deprecations,
+    subcommand_choices,
     subcommand_parser,
 )
-from wd_lightning.training.interrupts import InterruptGuard
+from wd_lightning.training.interrupts import InterruptGuard, quiet_interrupt_notices
 from wd_lightning.training.random_state import RandomStateCheckpoint
-from wd_lightning.training.rundir import discard_unstarted_run
+from wd_lightning.training.rundir import ClaimingTensorBoardLogger, discard_unstarted_run
 
 __all__ = ["WeightDecayCLI", "main"]
 
 PROG = "wd-lightning"
+DESCRIPTION = "Weight decay done right in PyTorch Lightning: train, sweep λ, draw the figures."
+# The subcommands and what each does, for the overview and for --help.
+SUBCOMMANDS = {
+    "fit": "train a model; with no options, the article's λ = 3 run",
+    "validate": "score a trained checkpoint (--ckpt_path) on the held-out set",
+    "test": "score a trained checkpoint (--ckpt_path) on the test set, which fit never sees",
+    "sweep": "train a λ × seed grid in one vectorised fit and compare it with ridge",
+    "plot": "draw a sweep's figures again from its tables",
+    "check-optimizer": "identify which weight-decay rule an optimizer follows",
+}
+# The options of this package that --help lists first, before Lightning's: (option,
+# a value that parses, what it does). The tests parse every one of them.
+_CONFIG_HELP = "a shipped config by name (the bare command lists them) or a file"
+LEAD_OPTIONS = (
+    ("--config", "d2l_weight_decay", _CONFIG_HELP),
+    ("--model.weight_decay", "3.0", "λ of the penalty λ/2·‖w‖² on the decay group (default 3)"),
+    ("--model.optimizer", "torch.optim.AdamW", "the optimizer class (default torch.optim.SGD)"),
+    ("--model.optimizer.lr", "0.003", "its learning rate; any of its options works the same way"),
+    ("--model.penalty", "loss", "λ as the optimizer's weight_decay (default) or in the loss"),
+    ("--model.decay_rules.decay_bias", "true", "decay biases too (also decay_norm, decay_low_dim)"),
+    ("--model.decay_rules.no_decay", "[bias]", "name patterns that never decay"),
+    (
+        "--model",
+        "wd_lightning.LinearRegression",
+        "the model; '--model.help CLASS' lists its options",
+    ),
+    ("--data.num_train", "20", "training examples (default 20: fewer than the 200 inputs)"),
+    ("--data.batch_size", "5", "training minibatch size"),
+    ("--data.data_seed", "0", "seed of the data and the batch order"),
+    ("--data.num_test", "100", "examples of the test set that 'test' scores"),
+    ("--seed_everything", "0", "seed of the initial weights (default 0)"),
+    ("--trainer.max_epochs", "100", "epochs to train (default 100: 400 steps)"),
+)
 
 
 # Lines of jsonargparse's nested error reports that describe its own machinery
@@ -102,6 +142,36 @@ def _condense_yaml_error(message: str) -> str:
     return f"--config: not valid YAML: {problem}{where}"
 
 
+_LEAD_MARKER = "@@wd-lightning-lead@@"
+
+
+def lead_help(subcommand: str) -> str:
+    """The section ``<subcommand> --help`` starts with: the options of this package.
+
+    Example:
+        >>> print(lead_help("fit").splitlines()[0])
+        The options of this package (all options, Lightning's included, follow):
+    """
+    rows = list(LEAD_OPTIONS)
+    if subcommand in ("validate", "test"):
+        rows.insert(0, ("--ckpt_path", "PATH", "the trained run to score (required)"))
+    else:
+        rows.append(("--ckpt_path", "PATH", "resume a fit from this checkpoint"))
+    if subcommand == "sweep":
+        dropped = ("--config", "--model.weight_decay", "--seed_everything", "--ckpt_path")
+        rows = [row for row in rows if row[0] not in dropped]
+        rows[0:0] = [
+            ("--config", "sweep", _CONFIG_HELP),
+            ("--weight_decays", "[0,3]", "the λ values of the grid"),
+            ("--seeds", "[0,1]", "the seeds of the initial weights"),
+            ("--output_dir", "DIR", "where runs, tables and figures go"),
+        ]
+    width = max(len(f"{option} {value}") for option, value, _ in rows)
+    lines = ["The options of this package (all options, Lightning's included, follow):"]
+    lines += [f"  {f'{option} {value}':<{width}}  {text}" for option, value, text in rows]
+    return "\n".join(lines)
+
+
 class OneLineErrorParser(LightningArgumentParser):
     """Reports parse errors on one line, without jsonargparse's usage dump.
 
@@ -112,12 +182,25 @@ class OneLineErrorParser(LightningArgumentParser):
     def __init__(self, *args, **kwargs) -> None:
         kwargs.setdefault("allow_abbrev", False)
         super().__init__(*args, **kwargs)
+        self.lead: str | None = None
+
+    def format_help(self) -> str:
+        """Argparse's help with :attr:`lead`, this package's main options, after the description."""
+        if not self.lead:
+            return super().format_help()
+        description, self.description = self.description, _LEAD_MARKER
+        try:
+            text = super().format_help()
+        finally:
+            self.description = description
+        return text.replace(
+            _LEAD_MARKER, f"{description}\n\n{self.lead}" if description else self.lead
+        )
 
     def error(self, message: str, ex: Exception | None = None) -> NoReturn:
         if not self.exit_on_error:
             super().error(message, ex)
         print(f"{PROG}: error: {condense_parser_error(message)}", file=sys.stderr)
-        print(f"{PROG}: see '{PROG} <subcommand> --help' for the accepted options", file=sys.stderr)
         raise SystemExit(2)
 
 
@@ -134,13 +217,22 @@ class WeightDecayCLI(LightningCLI):
     * a :class:`~wd_lightning.WeightNormMonitor` is always attached,
       configurable as ``--weight_norm.*``;
     * the seed defaults to 0, so a run with no arguments is reproducible;
+    * ``--config`` also takes the name of a shipped config
+      (:mod:`wd_lightning.config_files`), ``--help`` starts with this
+      package's options (:data:`LEAD_OPTIONS`), and there is no ``predict``;
+    * ``validate`` and ``test`` refuse to run without ``--ckpt_path``, which
+      would score the untrained initial weights;
+    * the run directory is claimed atomically
+      (:class:`~wd_lightning.training.rundir.ClaimingTensorBoardLogger`), so runs
+      started together in one folder never share one;
     * Lightning's model summary is off (the parameter-group report replaces
       it), checkpoints follow :func:`default_checkpoint` and carry the global
       random state (:class:`~wd_lightning.RandomStateCheckpoint`);
     * ``--ckpt_path`` is checked before anything is built: a missing,
       truncated or foreign file, or a checkpoint of another model, is a
       one-line :class:`~wd_lightning.core.errors.CheckpointError`;
-    * a run that fails before its first optimizer step leaves no run directory;
+    * a run that fails before its first optimizer step leaves no run directory
+      (only the one it claimed is removed);
     * SIGTERM, or a first SIGINT (Ctrl+C), stops a fit after the current batch
       with a checkpoint, and raises :class:`~wd_lightning.TrainingInterruptedError`
       naming it (see :mod:`wd_lightning.training.interrupts`);
@@ -149,6 +241,7 @@ class WeightDecayCLI(LightningCLI):
 
     def __init__(self, args: Sequence[str] | None = None, **kwargs) -> None:
         kwargs.setdefault("seed_everything_default", 0)
+        kwargs.setdefault("parser_kwargs", {"prog": program_name(), "description": DESCRIPTION})
         kwargs.setdefault(
             "trainer_defaults",
             {
@@ -162,7 +255,7 @@ class WeightDecayCLI(LightningCLI):
         )
         self._start_step = 0  # the global step the run starts from: the checkpoint's, or 0
         self._checkpoint_state: dict[str, Any] | None = None
-        with InterruptGuard() as guard:
+        with InterruptGuard() as guard, quiet_interrupt_notices():
             try:
                 super().__init__(
                     model_class=LightningModule,
@@ -182,10 +275,44 @@ class WeightDecayCLI(LightningCLI):
                     raise
                 raise TrainingInterruptedError(guard.received, *self._resume_point()) from None
 
+    def init_parser(self, **kwargs: Any) -> LightningArgumentParser:
+        """Lightning's parser, with ``--config`` also taking the name of a shipped config."""
+        kwargs.setdefault("dump_header", [f"lightning.pytorch=={lightning_version}"])
+        parser = self.parser_class(**kwargs)
+        parser.add_argument(
+            "-c",
+            "--config",
+            action=ActionConfigFile,
+            help=_CONFIG_HELP,
+        )
+        return parser
+
+    @staticmethod
+    def subcommands() -> dict[str, set[str]]:
+        """Lightning's subcommands but ``predict``, whose models here have no prediction step."""
+        return {
+            name: skip
+            for name, skip in LightningCLI.subcommands().items()
+            if name in ("fit", "validate", "test")
+        }
+
     def parse_arguments(self, parser: LightningArgumentParser, args: Any) -> None:
-        super().parse_arguments(parser, args)
+        if args is None or isinstance(args, (list, tuple)):
+            # Parsed here rather than by Lightning, which warns about a list given
+            # from a command line: --config NAME becomes the shipped file's path.
+            argv = sys.argv[1:] if args is None else args
+            self.config = parser.parse_args(resolve_config_arguments(argv))
+        else:
+            super().parse_arguments(parser, args)
         subcommand = self.config.get("subcommand")
         path = self.config[subcommand].get("ckpt_path") if subcommand else None
+        if subcommand in ("validate", "test") and not path:
+            raise InvalidArgumentError(
+                "--ckpt_path",
+                path,
+                f"the checkpoint of a trained run: {subcommand} without one would score the "
+                "untrained initial weights (e.g. lightning_logs/version_0/checkpoints/last.ckpt)",
+            )
         if is_local_path(path):
             # Lightning reads the file's hyper-parameters next, and the trainer restores
             # it only after creating the run directory; torch's errors on the way are
@@ -219,11 +346,13 @@ class WeightDecayCLI(LightningCLI):
           every epoch, unless checkpointing is off or a ModelCheckpoint is given.
         * :class:`~wd_lightning.RandomStateCheckpoint`, unless one is given, so
           that a resumed fit continues the interrupted fit's random streams.
+        * No ``config.yaml`` when logging is off (``--trainer.logger false``):
+          there is no run directory to put it in.
         """
         config = _config_value(self, self.config_init, "trainer", {})
         if config.get("logger") in (None, True) and "logger" not in kwargs:
             save_dir = config.get("default_root_dir") or os.getcwd()
-            kwargs["logger"] = TensorBoardLogger(save_dir=save_dir, default_hp_metric=False)
+            kwargs["logger"] = ClaimingTensorBoardLogger(save_dir=save_dir, default_hp_metric=False)
         callbacks = config.get("callbacks") or []
         callbacks = list(callbacks) if isinstance(callbacks, list) else [callbacks]
         if config.get("enable_checkpointing") is not False and not any(
@@ -233,14 +362,21 @@ class WeightDecayCLI(LightningCLI):
         if not any(isinstance(callback, RandomStateCheckpoint) for callback in callbacks):
             callbacks.append(RandomStateCheckpoint())
         kwargs.setdefault("callbacks", [*callbacks, FitSummaryPrinter()])
-        return super().instantiate_trainer(**kwargs)
+        trainer = super().instantiate_trainer(**kwargs)
+        if trainer.logger is None:
+            # Without a logger the config would go to the working directory itself, and
+            # a second run there would fail on finding the first one's config.yaml.
+            trainer.callbacks = [
+                c for c in trainer.callbacks if not isinstance(c, SaveConfigCallback)
+            ]
+        return trainer
 
     # ------------------------------------------------------------------ sweep
     # Private LightningCLI hooks (see wd_lightning.training.compat.CLI_SUBCOMMAND_HOOKS):
     # the only way to add subcommands that are not Trainer methods.
     def _add_subcommands(self, parser: LightningArgumentParser, **kwargs: Any) -> None:
         super()._add_subcommands(parser, **kwargs)
-        description = "Train a λ × seed grid in one vectorised fit and compare it with ridge."
+        description = _sentence(SUBCOMMANDS["sweep"])
         self._adding_sweep = True
         try:
             sweep_parser = self.init_parser(description=description)
@@ -249,14 +385,24 @@ class WeightDecayCLI(LightningCLI):
             self._adding_sweep = False
         add_sweep_arguments(sweep_parser)
         add_cli_subcommand(self, parser, "sweep", sweep_parser, help=description)
+        for name, named_parser in cli_subcommand_parsers(self).items():
+            # Argparse's usage would list all 200 options on 200 lines.
+            named_parser.prog = f"{program_name()} {name}"
+            named_parser.usage = "%(prog)s [--config NAME_OR_FILE] [options]"
+            named_parser.lead = lead_help(name)
+            # Lightning's are the Trainer methods' docstrings ("Runs the full optimization ...").
+            named_parser.description = _sentence(SUBCOMMANDS[name])
         # Listed here for --help; ``main`` runs it before this parser is built.
         add_cli_subcommand(
             self,
             parser,
             "plot",
             ArgumentParser(),
-            help="Draw a sweep's figures (see 'plot --help').",
+            help=_sentence(SUBCOMMANDS["plot"]),
+            runnable=False,
         )
+        for choice in subcommand_choices(parser):  # check-optimizer: in main
+            choice.help = _sentence(SUBCOMMANDS[choice.dest])
 
     def _run_subcommand(self, subcommand: str) -> None:
         if subcommand == "sweep":
@@ -451,7 +597,7 @@ def fit_summary(trainer: Trainer) -> str:
     width = max(map(len, figures), default=0)
     lines = [f"fit finished after {trainer.global_step} optimizer steps"]
     lines += [f"  {tag:<{width}}  {value:.6g}" for tag, value in sorted(figures.items())]
-    if trainer.log_dir:
+    if trainer.logger is not None and trainer.log_dir:
         lines.append(
             f"logs: {trainer.log_dir}  (view: tensorboard --logdir {Path(trainer.log_dir).parent})"
         )
@@ -507,6 +653,43 @@ def draw_figures(
         print(f"figure: {path}")
 
 
+def _sentence(text: str) -> str:
+    return text[0].upper() + text[1:] + "."
+
+
+def program_name() -> str:
+    """How the user started the program, for usage lines: ``python -m wd_lightning`` or its script.
+
+    Example:
+        >>> program_name() in ("wd-lightning", "python -m wd_lightning")
+        True
+    """
+    started_as = Path(sys.argv[0])
+    as_module = started_as.name == "__main__.py" and started_as.parent.name == "wd_lightning"
+    return "python -m wd_lightning" if as_module else PROG
+
+
+def overview() -> str:
+    """What the bare command prints: the subcommands, the shipped configs, where help is."""
+    prog = program_name()
+    width = max(map(len, [*SUBCOMMANDS, *shipped_configs()]))
+    lines = [f"{prog}: {DESCRIPTION}", "", "Subcommands:"]
+    lines += [f"  {name:<{width}}  {text}" for name, text in SUBCOMMANDS.items()]
+    lines += ["", "Shipped configs (--config NAME):"]
+    lines += [
+        f"  {name:<{width}}  {describe_config(path)}" for name, path in shipped_configs().items()
+    ]
+    lines += [
+        "",
+        "The article's comparison:",
+        f"  {prog} fit --config d2l_no_decay",
+        f"  {prog} fit --config d2l_weight_decay",
+        "",
+        f"Options of a subcommand: {prog} <subcommand> --help",
+    ]
+    return "\n".join(lines)
+
+
 def main(args: Sequence[str] | None = None) -> None:
     """Run the CLI.
 
@@ -517,7 +700,13 @@ def main(args: Sequence[str] | None = None) -> None:
     # Lightning calls jsonargparse APIs that warn on every run; users cannot act on it.
     ignore_jsonargparse_deprecations()
     warnings.filterwarnings("ignore", message=r".*isinstance.treespec, LeafSpec.* is deprecated")
+    # A resumed fit, validate and test log to a new version_N, so the checkpoint's folder
+    # always differs from the run's: Lightning warns about it every time.
+    warnings.filterwarnings("ignore", message=r"The dirpath has changed from")
     argv = list(sys.argv[1:] if args is None else args)
+    if not argv:
+        print(overview())
+        return
     try:
         if argv[:1] == ["plot"]:
             plot(argv[1:])

@@ -101,8 +101,9 @@ def test_tied_aliases_that_disagree_do_not_decay_and_the_report_says_why():
 def test_vit_tokens_declared_by_a_nested_submodule_inside_a_wrapper():
     model = WrappedViT()
     rules = {d.name: d.rule for d in explain_param_groups(model, 0.1).decisions}
-    assert rules["backbone.cls_token"] == "declared by backbone.no_weight_decay()"
-    assert rules["backbone.pos_embed"] == "declared by backbone.no_weight_decay()"
+    declared = "declared by backbone.no_weight_decay() entry"
+    assert rules["backbone.cls_token"] == f"{declared} 'cls_token'"
+    assert rules["backbone.pos_embed"] == f"{declared} 'pos_embed'"
     assert rules["backbone.patch_embed.proj.weight"] == "4-D weight"
     assert rules["head.weight"] == "2-D weight"
     # The same model inside our LightningModule keeps the declaration and the names.
@@ -286,8 +287,8 @@ def test_summary_and_markdown_report():
     assert int(decay_row[2].replace(",", "")) == sum(p.numel() for p in report.groups[0]["params"])
     markdown = report.markdown()
     assert (
-        "| `backbone.pos_embed` | [1, 5, 16] | no_decay | declared by backbone.no_weight_decay() |"
-        in markdown
+        "| `backbone.pos_embed` | [1, 5, 16] | no_decay "
+        "| declared by backbone.no_weight_decay() entry 'pos_embed' |" in markdown
     )
     optimizer = torch.optim.SGD(report.groups, lr=0.25)
     assert "0.25" in report.summary(optimizer)

@@ -117,3 +117,20 @@ def test_names_survive_compile(model):
         return [(g["name"], g["param_names"]) for g in param_groups(m, 0.1)]
 
     assert layout(torch.compile(model)) == layout(model)
+
+
+class _ModuleWrapper(nn.Module):
+    """The convention of DDP, EMA and SWA copies: the model under ``.module``, nothing else."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.module = model
+
+
+@given(module_trees(), rule_switches)
+def test_names_and_verdicts_survive_module_wrappers(model, rules):
+    def layout(m):
+        return [(g["name"], g["param_names"]) for g in param_groups(m, 0.1, rules)]
+
+    assert layout(_ModuleWrapper(_ModuleWrapper(model))) == layout(model)
+    assert layout(torch.optim.swa_utils.AveragedModel(model)) == layout(model)

@@ -68,7 +68,10 @@ def _close(ours: float, theirs: float) -> bool:
 
 def _assert_member_equals_fit(output_dir, weight_decay, seed, fit_scalars):
     run = read_scalars(output_dir / "runs" / f"wd={weight_decay:g}_seed={seed}")
-    for tag in COMPARED_TAGS:
+    # The fit's own validation metrics too (val/mse, val/accuracy, ...).
+    metrics = sorted(tag for tag in fit_scalars if tag.startswith("val/") and tag != "val/loss")
+    assert metrics
+    for tag in [*COMPARED_TAGS, *metrics]:
         steps = [step for step, _ in fit_scalars[tag]]
         assert [step for step, _ in run[tag]] == steps, tag
         for (_, ours), (_, theirs) in zip(run[tag], fit_scalars[tag], strict=True):
@@ -190,11 +193,47 @@ def test_outputs_one_run_per_member_and_the_tables(tmp_path, capsys):
     assert (output_dir / "ridge_curve.csv").exists() and (output_dir / "config.yaml").exists()
     out = capsys.readouterr().out
     assert "‖w*‖" in out and "summary.csv" in out
-    hparams = read_scalars(output_dir / "runs" / "wd=3_seed=1")
-    assert {"hp/val_loss", "hp/weight_norm"} <= set(hparams)
-    assert hparams["weight_decay/init_remaining/decay"][-1][1] == pytest.approx(
-        rows[3]["init_remaining"]
-    )
+    scalars = read_scalars(output_dir / "runs" / "wd=3_seed=1")
+    assert "val/mse" in scalars
+    remaining = scalars["weight_decay/init_remaining/decay"][-1][1]
+    assert remaining == pytest.approx(rows[3]["init_remaining"])
+
+
+def _hparams_and_text(run_dir):
+    """A run's HParams entry (hyper-parameters, metric tags, session status) and Text tab."""
+    from tensorboard.backend.event_processing.event_accumulator import TENSORS, EventAccumulator
+    from tensorboard.plugins.hparams import metadata
+
+    events = EventAccumulator(str(run_dir), size_guidance={TENSORS: 0})
+    events.Reload()
+    content = events.PluginTagToContent(metadata.PLUGIN_NAME)
+    start = metadata.parse_session_start_info_plugin_data(content[metadata.SESSION_START_INFO_TAG])
+    end = metadata.parse_session_end_info_plugin_data(content[metadata.SESSION_END_INFO_TAG])
+    experiment = metadata.parse_experiment_plugin_data(content[metadata.EXPERIMENT_TAG])
+    params = {
+        name: value.number_value if value.HasField("number_value") else value.string_value
+        for name, value in start.hparams.items()
+    }
+    text = events.Tensors("param_groups/text_summary")[0].tensor_proto.string_val[0].decode()
+    metrics = sorted(info.name.tag for info in experiment.metric_infos)
+    return params, metrics, end.status, text
+
+
+def test_a_members_hparams_and_text_equal_its_fits_and_diverged_members_are_listed(tmp_path):
+    from tensorboard.plugins.hparams import api_pb2
+
+    epochs = ["--trainer.max_epochs", "20"]
+    output_dir = _sweep(tmp_path, [3, 1000], [1], *epochs)
+    _fit(tmp_path, 3, 1, *epochs)
+    fit = _hparams_and_text(tmp_path / "fit_wd3_seed1" / "lightning_logs" / "version_0")
+    member = _hparams_and_text(output_dir / "runs" / "wd=3_seed=1")
+    assert member == fit
+    params, metrics, status, _ = member
+    assert params["seed"] == 1 and params["lr"] == 0.003 and params["optimizer"] == "SGD"
+    assert metrics == ["train/loss", "val/loss", "val/mse", "weight_norm/total"]
+    assert status == api_pb2.STATUS_SUCCESS
+    params, _, status, _ = _hparams_and_text(output_dir / "runs" / "wd=1000_seed=1")
+    assert params["status"] == "diverged" and status == api_pb2.STATUS_FAILURE
 
 
 def test_the_sweep_reports_the_null_space_prediction(tmp_path):

@@ -365,22 +365,40 @@ def test_hparams_tab_gets_hyperparameters_and_final_metrics(tmp_path):
     seed_everything(0, verbose=False)
     model = LinearRegression(weight_decay=3.0)
     logger = TensorBoardLogger(tmp_path, name="run", version=0, default_hp_metric=False)
-    trainer = quiet_trainer(max_epochs=3, logger=logger, callbacks=[WeightNormMonitor()])
+    monitor = WeightNormMonitor()
+    trainer = quiet_trainer(max_epochs=3, log_every_n_steps=4, logger=logger, callbacks=[monitor])
     trainer.fit(model, SyntheticRegressionDataModule())
     scalars = read_scalars(logger.log_dir)
-    final_total = _norm(*(p.detach() for p in model.parameters()))
-    assert scalars["hp/weight_norm"] == [(12, pytest.approx(final_total, rel=1e-6))]
-    val_loss = trainer.callback_metrics["val/loss"].item()
-    assert scalars["hp/val_loss"] == [(12, pytest.approx(val_loss, rel=1e-6))]
-    assert "hp_metric" not in scalars
+    # The metrics are the curves' last points: no one-point copies, no placeholder.
+    assert not any(tag.startswith("hp") for tag in scalars)
+    assert scalars["weight_norm/total"][-1] == (12, pytest.approx(_norm(*model.parameters())))
 
     _, content = _plugin_events(logger.log_dir, metadata.PLUGIN_NAME)
     experiment = metadata.parse_experiment_plugin_data(content[metadata.EXPERIMENT_TAG])
-    assert sorted(m.name.tag for m in experiment.metric_infos) == ["hp/val_loss", "hp/weight_norm"]
+    assert sorted(m.name.tag for m in experiment.metric_infos) == [
+        "train/loss",
+        "val/loss",
+        "val/mse",
+        "weight_norm/total",
+    ]
+    # The columns TensorBoard shows first.
+    assert sorted(info.name for info in experiment.hparam_infos if info.differs) == [
+        "lr", "optimizer", "seed", "status", "weight_decay",
+    ]  # fmt: skip
     start = metadata.parse_session_start_info_plugin_data(content[metadata.SESSION_START_INFO_TAG])
-    assert start.hparams["weight_decay"].number_value == 3.0
-    assert start.hparams["num_inputs"].number_value == 200
-    assert start.hparams["num_train"].number_value == 20  # from the datamodule
+    shown = {
+        name: value.number_value if value.HasField("number_value") else value.string_value
+        for name, value in start.hparams.items()
+    }
+    assert {key: shown[key] for key in ("weight_decay", "lr", "optimizer", "seed")} == {
+        "weight_decay": 3.0,
+        "lr": 0.003,
+        "optimizer": "SGD",
+        "seed": 0.0,
+    }
+    assert shown["num_train"] == 20 and shown["batch_size"] == 5  # from the datamodule
+    assert shown["model"] == "LinearRegression" and shown["data"] == "SyntheticRegressionDataModule"
+    assert not any(name.startswith("_") for name in shown)
 
 
 def test_no_hparams_when_switched_off(tmp_path):
@@ -393,7 +411,6 @@ def test_no_hparams_when_switched_off(tmp_path):
     )
     scalars = read_scalars(logger.log_dir)
     assert "weight_norm/total" in scalars
-    assert not any(tag.startswith("hp/") for tag in scalars)
     events = EventAccumulator(logger.log_dir)
     events.Reload()
     for plugin in ("hparams", "custom_scalars"):

@@ -1,13 +1,9 @@
-from types import SimpleNamespace
-
 import numpy as np
 import torch
-from lightning.pytorch.loggers import TensorBoardLogger
 
 from tests.fits import quiet_trainer
 from wd_lightning import LinearRegression, SyntheticRegressionDataModule
 from wd_lightning.cli import WeightDecayCLI
-from wd_lightning.training.rundir import discard_unstarted_run
 
 
 def test_api_checkpoint_loads_with_weights_only_even_with_a_numpy_lambda(tmp_path):
@@ -32,30 +28,3 @@ def test_cli_checkpoint_loads_with_weights_only(tmp_path):
     assert raw["hyper_parameters"]["_class_path"] == "wd_lightning.LinearRegression"
     loaded = LinearRegression.load_from_checkpoint(path, weights_only=True)
     torch.testing.assert_close(loaded.model.weight, cli.model.model.weight)
-
-
-def _started_run(tmp_path, *files):
-    logger = TensorBoardLogger(tmp_path, default_hp_metric=False)
-    logger.experiment  # noqa: B018 - creates the run directory, as a fit's setup does
-    for name in files:
-        path = tmp_path / "lightning_logs" / "version_0" / name
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text("")
-    return SimpleNamespace(is_global_zero=True, global_step=0, loggers=[logger])
-
-
-def test_unstarted_run_directory_is_removed(tmp_path):
-    trainer = _started_run(tmp_path, "config.yaml", "hparams.yaml")
-    assert discard_unstarted_run(trainer) == [str(tmp_path / "lightning_logs" / "version_0")]
-    assert not (tmp_path / "lightning_logs").exists()
-
-
-def test_run_directory_with_a_checkpoint_or_steps_is_kept(tmp_path):
-    trainer = _started_run(tmp_path, "config.yaml", "checkpoints/last.ckpt")
-    assert discard_unstarted_run(trainer) == []
-    trainer = _started_run(tmp_path / "stepped", "config.yaml")
-    trainer.global_step = 3
-    assert discard_unstarted_run(trainer) == []
-    assert (tmp_path / "stepped" / "lightning_logs" / "version_0").is_dir()
-    # Resumed from step 3 and failed before a step of its own: nothing new, so it goes.
-    assert discard_unstarted_run(trainer, start_step=3)

@@ -125,3 +125,35 @@ def test_classification_bad_arguments(argument, value):
 
     with pytest.raises(InvalidArgumentError, match=f"^{argument}="):
         SyntheticClassificationDataModule(**{argument: value})
+
+
+def test_the_test_set_is_its_own_draw_of_its_own_size():
+    data = SyntheticRegressionDataModule(num_test=30)
+    data.setup()
+    assert data.X_test.shape == (30, 200)
+    # Drawn after the training and held-out examples of data_seed's stream: none repeats.
+    everything = torch.cat([data.X_train, data.X_val])
+    assert not (torch.cdist(data.X_test, everything) < 1e-6).any()
+    loader = data.test_dataloader()
+    assert [inputs.shape[0] for inputs, _ in loader] == [30]
+    seeded = SyntheticRegressionDataModule(num_test=30, test_seed=7)
+    seeded.setup()
+    assert not torch.equal(seeded.X_test, data.X_test)
+    # The training and held-out data do not depend on the test split.
+    torch.testing.assert_close(seeded.X_train, data.X_train)
+    torch.testing.assert_close(seeded.y_val, data.y_val)
+
+
+def test_a_test_seed_equal_to_the_data_seed_is_refused():
+    with pytest.raises(InvalidArgumentError, match="test_seed=3 is not allowed"):
+        SyntheticRegressionDataModule(data_seed=3, test_seed=3)
+
+
+def test_classification_test_labels_come_from_the_same_teacher():
+    from wd_lightning import SyntheticClassificationDataModule
+
+    data = SyntheticClassificationDataModule(num_inputs=5, noise=0.0, test_seed=9)
+    data.setup()
+    teacher = torch.randn(5, 3, generator=torch.Generator().manual_seed(0))
+    assert torch.equal(data.y_train, (data.X_train @ teacher).argmax(dim=1))
+    assert torch.equal(data.y_test, (data.X_test @ teacher).argmax(dim=1))

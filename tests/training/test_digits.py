@@ -130,7 +130,7 @@ def test_a_conv_sweep_is_the_separate_fits(tmp_path):
     assert summary[1]["val_accuracy"] == pytest.approx(rows[3.0]["val_accuracy"])
     figures = [path.name for path in write_figures(tmp_path / "sweep")]
     assert "val_accuracy_vs_weight_decay.png" in figures
-    # The README's table is printed from the same summary by examples/sweep_table.py.
+    # docs/digits.md's table is printed from the same summary by examples/sweep_table.py.
     script = runpy.run_path(str(REPO / "examples" / "sweep_table.py"))
     table = script["sweep_table"](tmp_path / "sweep", steps_per_epoch=4).splitlines()
     assert len(table) == 4 and table[2].startswith("| 0 | ∞ | ∞ | 1 |")

@@ -46,7 +46,7 @@ def test_book_run_matches_the_null_space_law(tmp_path):
     assert sorted(logged) == sorted(dict(scalars["weight_norm/decay"]))  # the norms' steps
     assert len(logged) == 101
     assert "weight_decay/init_remaining/no_decay" not in scalars  # λ = 0: nothing to track
-    # (1 − ηλ)^T: 0.991^400 = 2.7 % of the initial weights left, as the README says.
+    # (1 − ηλ)^T: 0.991^400 = 2.7 % of the initial weights left, as docs/timescale.md says.
     assert logged[400] == pytest.approx(0.991**400, rel=1e-6)
     assert logged[400] == pytest.approx(_null_space_ratio(data, initial, model), rel=1e-5)
     for step, value in logged.items():

@@ -124,22 +124,27 @@ def test_served_hparams_hold_hyperparameters_and_final_metrics(finished_run, ser
         server, "/data/plugin/hparams/experiment", request=json.dumps({"experimentName": ""})
     )
     metrics = sorted(m["name"]["tag"] for m in experiment["metricInfos"])
-    assert metrics == ["hp/val_loss", "hp/weight_norm"]
-    assert {"weight_decay", "num_inputs", "batch_size"} <= {
-        h["name"] for h in experiment["hparamInfos"]
+    assert metrics == ["train/loss", "val/loss", "val/mse", "weight_norm/total"]
+    infos = experiment["hparamInfos"]
+    assert {"weight_decay", "num_inputs", "batch_size", "lr", "optimizer"} <= {
+        h["name"] for h in infos
     }
+    # Served in this order, the first columns are the ones runs are compared by.
+    assert [h["name"] for h in infos[:5]] == [
+        "lr", "optimizer", "seed", "status", "weight_decay",
+    ]  # fmt: skip
     request = {
         "experimentName": "",
         "allowedStatuses": ["STATUS_UNKNOWN", "STATUS_SUCCESS", "STATUS_FAILURE", "STATUS_RUNNING"],
-        "colParams": [{"hparam": "weight_decay"}, {"metric": {"tag": "hp/weight_norm"}}],
+        "colParams": [{"hparam": "weight_decay"}, {"metric": {"tag": "weight_norm/total"}}],
         "startIndex": 0,
         "sliceSize": 10,
     }
     groups = _get(server, "/data/plugin/hparams/session_groups", request=json.dumps(request))
     (group,) = groups["sessionGroups"]
-    assert group["hparams"]["weight_decay"] == 3.0
+    assert group["hparams"]["weight_decay"] == 3.0 and group["hparams"]["optimizer"] == "SGD"
     values = {m["name"]["tag"]: m["value"] for m in group["metricValues"]}
-    assert values["hp/weight_norm"] == pytest.approx(
+    assert values["weight_norm/total"] == pytest.approx(
         read_scalars(log_dir)["weight_norm/total"][-1][1]
     )
-    assert values["hp/val_loss"] == pytest.approx(trainer.callback_metrics["val/loss"].item())
+    assert values["val/loss"] == pytest.approx(trainer.callback_metrics["val/loss"].item())

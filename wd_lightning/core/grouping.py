@@ -3,27 +3,40 @@
 Every trainable parameter is put in exactly one group by the first rule that
 applies to it, in this order:
 
-1. a user ``no_decay`` pattern (glob on the parameter's name)  → no decay
-2. a user ``decay`` pattern                                    → decay
-3. named by some submodule's ``no_weight_decay()``             → no decay (``use_no_weight_decay``)
-4. owned by a normalisation layer                              → no decay (``decay_norm``)
-5. a bias                                                      → no decay (``decay_bias``)
-6. fewer than 2 dimensions (gains, scales, scalars)            → no decay (``decay_low_dim``)
-7. owned by an embedding layer                                 → decay (``decay_embeddings``)
-8. anything else: matrices, conv kernels                       → decay
+1. a user ``no_decay`` pattern (glob on the parameter's name)        → no decay
+2. a user ``decay`` pattern                                          → decay
+3. declared on the tensor: ``_no_weight_decay = True``, or an
+   ``_optim`` dict with a ``weight_decay`` (its own group)           → as declared
+4. declared by a module's ``no_weight_decay()`` (globs) or
+   ``no_weight_decay_keywords()`` (substrings)                       → no decay
+5. owned by a torch normalisation layer                              → no decay (``decay_norm``)
+6. the own weight or bias of a Linear, convolution or Embedding
+   (subclasses too), whatever its shape or class name                → decay (embeddings:
+                                                                       ``decay_embeddings``;
+                                                                       biases: rule 8)
+7. a gain (fewer than 2 non-singleton dims) of a class named ``*Norm*`` → no decay (``decay_norm``)
+8. a bias, by name, whatever its shape: ``bias``, ``in_proj_bias``,
+   ``bias_k``, ``relative_position_bias_table``, or any tensor held
+   by a module named as a bias                                        → no decay (``decay_bias``)
+9. a weight-norm magnitude, or any gain: fewer than 2 dimensions
+   larger than 1 (``(D,)``, ``(D, 1, 1)``, ``(1, 1, D)``, scalars)   → no decay (``decay_low_dim``)
+10. a matrix owned by a class named ``*Embedding*``                  → decay (``decay_embeddings``)
+11. anything else: matrices, conv kernels                            → decay
 
-The switch of rules 4–7 (:class:`DecayRules`) decides for its kind: with
-``decay_bias=True`` every bias decays, even though it is also 1-D. The reasoning: decay
-limits what a layer can express through the *size* of its weights; biases,
-norm gains and other per-channel scalars only shift or rescale, and shrinking
-them towards zero fights the normalisation instead of regularising.
+The switch of each kind rule (:class:`DecayRules`) decides for its kind: with
+``decay_bias=True`` every bias outside a normalisation layer decays, even a
+1-D one. The reasoning: decay limits what a layer can express through the
+*size* of its weights; biases, norm gains and other per-channel scalars only
+shift or rescale, and shrinking them towards zero fights the normalisation
+instead of regularising.
 """
 
 from __future__ import annotations
 
 import fnmatch
+import functools
+import gc
 import re
-from collections.abc import Iterator
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -34,6 +47,7 @@ from wd_lightning.core.errors import (
     check_finite_non_negative,
     check_finite_positive,
 )
+from wd_lightning.core.param_walk import MAGNITUDE, Registration, Scope, walk
 from wd_lightning.core.timescale import format_timescale, group_decay
 
 __all__ = [
@@ -50,17 +64,6 @@ __all__ = [
 DECAY = "decay"
 NO_DECAY = "no_decay"
 
-# Wrappers that add a path component without adding meaning: the wrapped module
-# sits under this attribute, and canonical names skip it.
-_WRAPPER_ATTRIBUTES = {
-    "OptimizedModule": "_orig_mod",  # torch.compile
-    "DistributedDataParallel": "module",
-    "DataParallel": "module",
-    "ActivationWrapper": "_checkpoint_wrapped_module",  # checkpoint_wrapper, offload_wrapper
-}
-# FSDP1 flattens parameters into 1-D buffers, so neither names nor shapes survive.
-_FLATTENING_WRAPPERS = {"FullyShardedDataParallel"}
-
 _TORCH_NORMS: tuple[type[nn.Module], ...] = (
     nn.modules.batchnorm._NormBase,  # BatchNorm*, SyncBatchNorm, InstanceNorm*
     nn.LayerNorm,
@@ -68,10 +71,27 @@ _TORCH_NORMS: tuple[type[nn.Module], ...] = (
     nn.LocalResponseNorm,
     *((nn.RMSNorm,) if hasattr(nn, "RMSNorm") else ()),
 )
+# Layers whose own weight is a weight whatever its shape or class name: a
+# NormedLinear's matrix, a Linear(in, 1) row, a depthwise kernel.
+_WEIGHTED_LAYERS: tuple[type[nn.Module], ...] = (
+    nn.Linear,
+    nn.Bilinear,
+    nn.modules.conv._ConvNd,  # Conv*d, ConvTranspose*d, lazy variants
+)
+_EMBEDDING_LAYERS: tuple[type[nn.Module], ...] = (nn.Embedding, nn.EmbeddingBag)
 # Custom norms are recognised by class name: RMSNorm, LayerNorm2d, GroupNormAct,
-# T5LayerNorm, BatchNormalization... but not Normal or Normalize.
+# T5LayerNorm, BatchNormalization... but not Normal or Normalize. A class name
+# only vouches for gains: a fused "LayerNormLinear" still has a real matrix.
 _NORM_CLASS_NAME = re.compile(r"Norm(?!al)|Normalization")
 _EMBEDDING_CLASS_NAME = re.compile(r"Embedding")
+# Biases by name, whatever their shape: bias, in_proj_bias, gate_up_proj_bias,
+# bias_k, pos_bias_u, r_w_bias, relative_position_bias_table, attention_biases.
+_BIAS_NAME = re.compile(r"(?:^|_)bias(?:es)?(?:_|$)")
+# Characters that make a no_weight_decay() entry a glob rather than a name.
+_GLOB_CHARACTERS = re.compile(r"[*?\[]")
+# Per-tensor optimizer settings (S4/Hyena style): parameter._optim = {...}.
+_TENSOR_OPTIM = "_optim"
+_TENSOR_NO_DECAY = "_no_weight_decay"  # mamba style: parameter._no_weight_decay = True
 
 
 @dataclass(frozen=True)
@@ -112,12 +132,17 @@ class DecayRules:
     """Switches for the grouping rules; the defaults are the recommended rule.
 
     Args:
-        decay_bias: decay biases too.
-        decay_norm: decay the parameters of normalisation layers too.
-        decay_low_dim: decay parameters with fewer than 2 dimensions too.
+        decay_bias: decay biases too: every bias outside a normalisation
+            layer, found by name whatever its shape.
+        decay_norm: decay the parameters of normalisation layers too (and the
+            gains of classes named like a norm).
+        decay_low_dim: decay gains too: parameters with fewer than 2
+            dimensions larger than 1, and weight-norm magnitudes.
         decay_embeddings: decay embedding tables (default ``True``, as nanoGPT
             and timm do; ``False`` as some language-model recipes prefer).
-        use_no_weight_decay: honour ``no_weight_decay()`` methods of submodules.
+        use_no_weight_decay: honour the model's own declarations: submodules'
+            ``no_weight_decay()`` and ``no_weight_decay_keywords()``, and
+            tensors' ``_no_weight_decay`` and ``_optim`` attributes.
         no_decay: extra glob patterns of parameters that must not decay.
         decay: glob patterns of parameters that must decay whatever the rules say.
         overrides: per-pattern λ / lr, each adding a pair of groups.
@@ -161,11 +186,41 @@ class ParamDecision:
 
 
 @dataclass(frozen=True)
-class _Registration:
-    name: str  # canonical: relative to the model, wrapper prefixes removed
-    local_name: str  # as registered on its owning module
-    owner: nn.Module
-    parameter: nn.Parameter
+class _TensorSettings:
+    """An ``_optim`` dict declared on tensors: one pair of groups per distinct dict."""
+
+    settings: tuple[tuple[str, Any], ...]
+
+    @property
+    def group_name(self) -> str:
+        return "_optim(" + ", ".join(f"{key}={value!r}" for key, value in self.settings) + ")"
+
+    @property
+    def weight_decay(self) -> float | None:
+        value = dict(self.settings).get("weight_decay")
+        return None if value is None else float(value)
+
+    def extra(self) -> dict[str, Any]:
+        """Everything but weight_decay, copied into both groups (lr, betas...)."""
+        return {key: value for key, value in self.settings if key != "weight_decay"}
+
+
+def _tensor_settings(parameter: nn.Parameter) -> _TensorSettings | None:
+    settings = parameter.__dict__.get(_TENSOR_OPTIM)
+    if settings is None:
+        return None
+    if not isinstance(settings, dict) or not all(isinstance(k, str) for k in settings):
+        raise InvalidArgumentError(
+            "parameter._optim", settings, "a dict of optimizer settings such as {'lr': 1e-3}"
+        )
+    forbidden = {"params", "name", "param_names"} & set(settings)
+    if forbidden:
+        raise InvalidArgumentError(
+            "parameter._optim", sorted(forbidden)[0], "optimizer settings, not group structure"
+        )
+    if "weight_decay" in settings:
+        check_finite_non_negative("parameter._optim['weight_decay']", settings["weight_decay"])
+    return _TensorSettings(tuple(sorted(settings.items())))
 
 
 @dataclass
@@ -293,21 +348,25 @@ def explain_param_groups(
     """Group ``model``'s trainable parameters and record why each went where it did.
 
     Args:
-        model: any module; compiled, DDP-wrapped or activation-checkpointed
-            models give the same names as the bare model.
+        model: any module; compiled, DDP-wrapped, activation-checkpointed,
+            EMA/SWA-averaged or PEFT-wrapped models give the same names as the
+            bare model.
         weight_decay: λ of the ``decay`` group, a finite number >= 0.
         rules: the rule switches; ``switches`` replace single fields of it,
             e.g. ``decay_embeddings=False``.
 
     Returns:
         A :class:`ParamGroupsReport`; its ``groups`` are ``decay``, ``no_decay``,
-        then ``<name>/decay`` and ``<name>/no_decay`` per override, always all of
-        them and in that order, each a dict with ``name``, ``params``,
-        ``param_names``, ``weight_decay`` and, for overrides with one, ``lr``.
+        then ``<name>/decay`` and ``<name>/no_decay`` per override, then the same
+        pair per distinct ``_optim`` dict declared on the model's tensors, always
+        all of them and in that order, each a dict with ``name``, ``params``,
+        ``param_names``, ``weight_decay`` and, for overrides with one, ``lr``
+        (``_optim`` groups also carry their other settings).
 
     Raises:
         InvalidArgumentError: a bad λ or rule, a pattern that matches no
-            parameter, or a model whose parameters FSDP1 has flattened.
+            parameter, a malformed ``_optim`` declaration, or a model whose
+            parameters FSDP1 has flattened.
 
     Example:
         >>> from torch import nn
@@ -320,61 +379,7 @@ def explain_param_groups(
         >>> [(d.name, d.rule) for d in report.decisions][:3]
         [('0.weight', '2-D weight'), ('0.bias', 'bias'), ('1.weight', 'norm layer (LayerNorm)')]
     """
-    weight_decay = check_finite_non_negative("weight_decay", weight_decay)
-    rules = replace(rules or DecayRules(), **switches) if switches else (rules or DecayRules())
-
-    registrations = list(_registrations(model))
-    by_parameter: dict[int, list[_Registration]] = {}
-    frozen: dict[str, None] = {}  # an ordered set
-    for registration in registrations:
-        if not registration.parameter.requires_grad:
-            frozen[registration.name] = None
-            continue
-        by_parameter.setdefault(id(registration.parameter), []).append(registration)
-    declared = (
-        _declared_no_decay(model, [r.name for r in registrations])
-        if rules.use_no_weight_decay
-        else {}
-    )
-
-    groups = _empty_groups(weight_decay, rules)
-    index = {group["name"]: group for group in groups}
-    unmatched = {("no_decay", p) for p in rules.no_decay} | {("decay", p) for p in rules.decay}
-    unmatched |= {("overrides", o.pattern) for o in rules.overrides}
-    decisions = []
-    for aliases in by_parameter.values():
-        names = [a.name for a in aliases]
-        decays, rule = _decide_tied(aliases, declared, rules)
-        override = next(
-            (o for o in rules.overrides if any(fnmatch.fnmatchcase(n, o.pattern) for n in names)),
-            None,
-        )
-        unmatched -= {
-            (kind, p) for kind, p in unmatched if any(fnmatch.fnmatchcase(n, p) for n in names)
-        }
-        base = DECAY if decays else NO_DECAY
-        group_name = base if override is None else f"{override.group_name}/{base}"
-        parameter = aliases[0].parameter
-        index[group_name]["params"].append(parameter)
-        index[group_name]["param_names"].append(names[0])
-        decisions.append(
-            ParamDecision(
-                name=names[0],
-                group=group_name,
-                decays=decays,
-                rule=rule,
-                shape=tuple(parameter.shape),
-                numel=parameter.numel(),
-                aliases=tuple(dict.fromkeys(names[1:])),
-            )
-        )
-    if unmatched:
-        kind, pattern = sorted(unmatched)[0]
-        raise InvalidArgumentError(
-            kind, pattern, "a pattern that matches at least one trainable parameter"
-        )
-    _check_exactly_once(model, groups)
-    return ParamGroupsReport(groups=groups, decisions=decisions, frozen=list(frozen))
+    return _group(model, weight_decay, rules, switches, explain=True)
 
 
 def param_groups(
@@ -393,35 +398,269 @@ def param_groups(
         [('decay', ['weight'], 3.0), ('no_decay', ['bias'], 0.0)]
         >>> optimizer = torch.optim.SGD(groups, lr=0.003)
     """
-    return explain_param_groups(model, weight_decay, rules, **switches).groups
+    return _group(model, weight_decay, rules, switches, explain=False).groups
+
+
+def _group(
+    model: nn.Module,
+    weight_decay: float,
+    rules: DecayRules | None,
+    switches: dict[str, Any],
+    explain: bool,
+) -> ParamGroupsReport:
+    """The groups, and with ``explain`` one :class:`ParamDecision` per parameter."""
+    weight_decay = check_finite_non_negative("weight_decay", weight_decay)
+    rules = replace(rules or DecayRules(), **switches) if switches else (rules or DecayRules())
+
+    # The pass allocates one small record per tensor and none of them is
+    # cyclic; on a model of tens of thousands of modules a full collection
+    # triggered by those allocations costs as much as the pass itself.
+    collecting = gc.isenabled()
+    gc.disable()
+    try:
+        return _group_without_collection(model, weight_decay, rules, explain)
+    finally:
+        if collecting:
+            gc.enable()
+
+
+def _group_without_collection(
+    model: nn.Module, weight_decay: float, rules: DecayRules, explain: bool
+) -> ParamGroupsReport:
+    declarations = rules.use_no_weight_decay
+    registrations, scopes = walk(model, _declares if declarations else _never)
+    # The first trainable registration of each tensor; the others only for tied tensors.
+    first: dict[int, Registration] = {}
+    tied: dict[int, list[Registration]] = {}
+    frozen: dict[str, None] = {}  # an ordered set
+    for registration in registrations:
+        parameter = registration.parameter
+        if not parameter.requires_grad:
+            frozen[registration.name] = None
+        elif id(parameter) in first:
+            tied.setdefault(id(parameter), [first[id(parameter)]]).append(registration)
+        else:
+            first[id(parameter)] = registration
+    declared = _declared_no_decay(registrations, scopes) if declarations else {}
+
+    groups = _empty_groups(weight_decay, rules)
+    index = {group["name"]: group for group in groups}
+    patterns = bool(rules.no_decay or rules.decay or rules.overrides)
+    unmatched = {("no_decay", p) for p in rules.no_decay} | {("decay", p) for p in rules.decay}
+    unmatched |= {("overrides", o.pattern) for o in rules.overrides}
+    decisions = []
+    kinds: dict[tuple[Any, ...], tuple[bool, str]] = {}
+    for key, registration in first.items():
+        aliases = tied.get(key)
+        if aliases is None:  # the common case, kept cheap
+            names = [registration.name]
+            decays, rule = _decide(registration, declared, rules, kinds)
+        else:
+            names = [a.name for a in aliases]
+            decays, rule = _decide_tied(aliases, declared, rules, kinds)
+        prefix = None
+        if patterns:
+            override = next(
+                (
+                    o
+                    for o in rules.overrides
+                    if any(fnmatch.fnmatchcase(n, o.pattern) for n in names)
+                ),
+                None,
+            )
+            prefix = None if override is None else override.group_name
+            unmatched -= {
+                (kind, p) for kind, p in unmatched if any(fnmatch.fnmatchcase(n, p) for n in names)
+            }
+        parameter = registration.parameter
+        if declarations and parameter.__dict__:
+            settings = _tensor_settings(parameter)
+            if settings is not None and prefix is not None:
+                rule += f"; override {prefix!r} replaces its {settings.group_name}"
+            elif settings is not None:
+                prefix = settings.group_name
+                if f"{prefix}/{DECAY}" not in index:  # a pair of groups per distinct one
+                    for group in _declared_groups(weight_decay, settings):
+                        groups.append(group)
+                        index[group["name"]] = group
+        base = DECAY if decays else NO_DECAY
+        group = index[base if prefix is None else f"{prefix}/{base}"]
+        group["params"].append(parameter)
+        group["param_names"].append(names[0])
+        if explain:
+            decisions.append(
+                _decision(
+                    names[0],
+                    group["name"],
+                    decays,
+                    rule,
+                    tuple(parameter.shape),
+                    parameter.numel(),
+                    tuple(dict.fromkeys(names[1:])),
+                )
+            )
+    if unmatched:
+        kind, pattern = sorted(unmatched)[0]
+        raise InvalidArgumentError(
+            kind, pattern, "a pattern that matches at least one trainable parameter"
+        )
+    _check_exactly_once(set(first), groups)
+    return ParamGroupsReport(groups=groups, decisions=decisions, frozen=list(frozen))
+
+
+def _decision(
+    name: str,
+    group: str,
+    decays: bool,
+    rule: str,
+    shape: tuple[int, ...],
+    numel: int,
+    aliases: tuple[str, ...],
+) -> ParamDecision:
+    """A ParamDecision, built as a frozen dataclass's own ``__init__`` would, but at half the cost.
+
+    The generated ``__init__`` of a frozen dataclass sets each field through
+    ``object.__setattr__``; filling ``__dict__`` at once gives the same object
+    (equal, hashable, immutable through attributes) in a loop over every tensor.
+    """
+    decision = object.__new__(ParamDecision)
+    decision.__dict__.update(
+        name=name, group=group, decays=decays, rule=rule, shape=shape, numel=numel, aliases=aliases
+    )
+    return decision
+
+
+def _never(module: nn.Module) -> bool:
+    return False
 
 
 # ---------------------------------------------------------------------- rules
 def _decide(
-    registration: _Registration, declared: dict[str, str], rules: DecayRules
+    registration: Registration,
+    declared: dict[str, str],
+    rules: DecayRules,
+    kinds: dict[tuple[Any, ...], tuple[bool, str]],
 ) -> tuple[bool, str]:
-    """(decays, rule) for one registration of a parameter; the first rule that applies wins."""
-    name, owner, parameter = registration.name, registration.owner, registration.parameter
+    """(decays, rule) for one registration of a parameter; the first rule that applies wins.
+
+    The name-based rules come first; the kind rules depend only on the layer's
+    type, the tensor's name, role and shape, so their verdicts are memoised in
+    ``kinds`` (a model repeats a few kinds thousands of times).
+    """
+    name, parameter = registration.name, registration.parameter
     for pattern in rules.no_decay:
         if fnmatch.fnmatchcase(name, pattern):
             return False, f"no_decay pattern {pattern!r}"
     for pattern in rules.decay:
         if fnmatch.fnmatchcase(name, pattern):
             return True, f"decay pattern {pattern!r}"
-    if name in declared:
-        return False, f"declared by {declared[name]}.no_weight_decay()"
+    if rules.use_no_weight_decay:
+        on_tensor = _declared_on_tensor(parameter) if parameter.__dict__ else None
+        if on_tensor is not None:
+            return on_tensor
+        if name in declared:
+            return False, declared[name]
+    attribute = registration.layer_attribute
+    key = (
+        type(registration.layer),
+        registration.tensor,
+        registration.role,
+        # Only bias names change a verdict; the substring test spares the regex (and
+        # its cache) the thousands of numbered attributes of a long Sequential.
+        attribute if "bias" in attribute and _is_bias_name(attribute) else "",
+        parameter.shape,
+    )
+    verdict = kinds.get(key)
+    if verdict is None:
+        verdict = kinds[key] = _decide_kind(registration, rules)
+    return verdict
+
+
+def _decide_kind(registration: Registration, rules: DecayRules) -> tuple[bool, str]:
+    """The kind rules (5 onwards): what the tensor is, whatever its name in the model."""
+    parameter, layer = registration.parameter, registration.layer
     # Each kind below is decided by its own switch: turning one on makes that kind decay.
-    if _is_norm(owner):
-        return _switched(rules.decay_norm, f"norm layer ({type(owner).__name__})", "decay_norm")
-    if registration.local_name == "bias":
-        return _switched(rules.decay_bias, "bias", "decay_bias")
-    if parameter.ndim < 2:
-        rule = f"{parameter.ndim}-D (fewer than 2 dims)"
-        return _switched(rules.decay_low_dim, rule, "decay_low_dim")
-    if _is_embedding(owner):
-        rule = f"embedding ({type(owner).__name__})"
+    role = _role_prefix(registration)
+    if isinstance(layer, _TORCH_NORMS):
+        rule = f"{role}norm layer ({type(layer).__name__})"
+        return _switched(rules.decay_norm, rule, "decay_norm")
+    own_tensor = registration.tensor in ("weight", "bias") and registration.role != MAGNITUDE
+    if own_tensor and isinstance(layer, (*_WEIGHTED_LAYERS, *_EMBEDDING_LAYERS)):
+        return _layer_tensor(registration, rules)
+    gain = _non_singleton_dims(parameter) < 2
+    if gain and _is_named_norm(type(layer)):
+        rule = f"{role}norm layer ({type(layer).__name__})"
+        return _switched(rules.decay_norm, rule, "decay_norm")
+    if _is_bias_name(registration.tensor):
+        rule = "bias" if registration.tensor == "bias" else f"bias by name ({registration.tensor})"
+        return _switched(rules.decay_bias, f"{role}{rule}", "decay_bias")
+    if not registration.role and _is_bias_name(registration.layer_attribute):
+        # A tensor held by a module its parent names as a bias: a bank of bias
+        # profiles (``relative_position_bias.proj``). Layers inside such a module
+        # (its Linear, its MLP) were judged by their type above.
+        rule = f"bias by name (held by {registration.layer_attribute})"
+        return _switched(rules.decay_bias, rule, "decay_bias")
+    if registration.role == MAGNITUDE or gain:
+        return _switched(rules.decay_low_dim, f"{role}{_gain_rule(parameter)}", "decay_low_dim")
+    if _EMBEDDING_CLASS_NAME.search(type(layer).__name__):
+        rule = f"{role}embedding ({type(layer).__name__})"
         return _switched(rules.decay_embeddings, rule, "decay_embeddings", default=True)
-    return True, f"{parameter.ndim}-D weight"
+    return True, f"{role}{parameter.ndim}-D weight"
+
+
+def _layer_tensor(registration: Registration, rules: DecayRules) -> tuple[bool, str]:
+    """The own ``weight`` or ``bias`` of a Linear, convolution or embedding layer.
+
+    Its layer type decides, not its shape (a ``Linear(in, 1)`` row) nor its
+    class name (a ``NormedLinear``, a ``NormedEmbedding``). An embedding
+    table that its parent calls a bias (T5's ``relative_attention_bias``)
+    holds biases, and follows the bias rule.
+    """
+    layer, role = registration.layer, _role_prefix(registration)
+    kind = type(layer).__name__
+    if registration.tensor == "bias":
+        return _switched(rules.decay_bias, f"{role}bias", "decay_bias")
+    if isinstance(layer, _EMBEDDING_LAYERS):
+        if _is_bias_name(registration.layer_attribute):
+            rule = f"{role}bias by name ({registration.layer_attribute}: a table of biases)"
+            return _switched(rules.decay_bias, rule, "decay_bias")
+        rule = f"{role}embedding ({kind})"
+        return _switched(rules.decay_embeddings, rule, "decay_embeddings", default=True)
+    rule = f"{role}{registration.parameter.ndim}-D weight"
+    if _non_singleton_dims(registration.parameter) < 2 or _is_named_norm(type(layer)):
+        rule += f" of {kind} (its layer type decides, not its shape or class name)"
+    return True, rule
+
+
+def _declared_on_tensor(parameter: nn.Parameter) -> tuple[bool, str] | None:
+    """The verdict a tensor declares about itself, if any."""
+    attributes = parameter.__dict__  # where Python attributes set on a tensor live
+    if not attributes:
+        return None
+    settings = attributes.get(_TENSOR_OPTIM)
+    if isinstance(settings, dict) and "weight_decay" in settings:
+        value = float(settings["weight_decay"])
+        return value > 0, f"declared on the tensor: _optim weight_decay={value:g}"
+    if attributes.get(_TENSOR_NO_DECAY, False):
+        return False, "declared on the tensor: _no_weight_decay=True"
+    return None
+
+
+def _role_prefix(registration: Registration) -> str:
+    if not registration.role:
+        return ""
+    return f"{registration.role} of {type(registration.layer).__name__}.{registration.tensor}: "
+
+
+def _gain_rule(parameter: nn.Parameter) -> str:
+    if parameter.ndim < 2:
+        return f"{parameter.ndim}-D (fewer than 2 dims)"
+    larger = _non_singleton_dims(parameter)
+    return f"{parameter.ndim}-D {list(parameter.shape)}, {larger} dim larger than 1 (a gain)"
+
+
+def _non_singleton_dims(parameter: nn.Parameter) -> int:
+    return sum(1 for size in parameter.shape if size != 1)
 
 
 def _switched(decays: bool, rule: str, switch: str, default: bool = False) -> tuple[bool, str]:
@@ -430,7 +669,10 @@ def _switched(decays: bool, rule: str, switch: str, default: bool = False) -> tu
 
 
 def _decide_tied(
-    aliases: list[_Registration], declared: dict[str, str], rules: DecayRules
+    aliases: list[Registration],
+    declared: dict[str, str],
+    rules: DecayRules,
+    kinds: dict[tuple[Any, ...], tuple[bool, str]],
 ) -> tuple[bool, str]:
     """Decide a parameter registered under several names (tied weights).
 
@@ -438,7 +680,9 @@ def _decide_tied(
     that one of its roles says must not shrink (a norm gain, a declared
     token) should not be shrunk through another role.
     """
-    verdicts = [(a.name, *_decide(a, declared, rules)) for a in aliases]
+    if len(aliases) == 1:
+        return _decide(aliases[0], declared, rules, kinds)
+    verdicts = [(a.name, *_decide(a, declared, rules, kinds)) for a in aliases]
     if len({decays for _, decays, _ in verdicts}) == 1:
         decays, rule = verdicts[0][1], verdicts[0][2]
         names = list(dict.fromkeys(a.name for a in aliases))
@@ -447,102 +691,142 @@ def _decide_tied(
     return False, f"tied, aliases disagree ({detail}): no decay wins"
 
 
-def _is_norm(module: nn.Module) -> bool:
-    return isinstance(module, _TORCH_NORMS) or bool(_NORM_CLASS_NAME.search(type(module).__name__))
+@functools.lru_cache(maxsize=4096)
+def _is_bias_name(name: str) -> bool:
+    return _BIAS_NAME.search(name) is not None
 
 
-def _is_embedding(module: nn.Module) -> bool:
-    return isinstance(module, (nn.Embedding, nn.EmbeddingBag)) or bool(
-        _EMBEDDING_CLASS_NAME.search(type(module).__name__)
-    )
+@functools.cache
+def _is_named_norm(cls: type) -> bool:
+    return bool(_NORM_CLASS_NAME.search(cls.__name__))
 
 
-# ------------------------------------------------------------------ traversal
-def _wrapped_attribute(module: nn.Module) -> str | None:
-    for cls in type(module).__mro__:
-        if cls.__name__ in _FLATTENING_WRAPPERS:
-            raise InvalidArgumentError(
-                "model",
-                type(module).__name__,
-                "a model not wrapped by FSDP1, which flattens parameters so that their names "
-                "and shapes are lost: build the groups before wrapping, or shard with FSDP2 "
-                "(fully_shard), whose DTensor parameters keep their shapes",
-            )
-        if cls.__name__ in _WRAPPER_ATTRIBUTES:
-            return _WRAPPER_ATTRIBUTES[cls.__name__]
-    return None
+# --------------------------------------------------------------- declarations
+def _declared_no_decay(registrations: list[Registration], scopes: list[Scope]) -> dict[str, str]:
+    """Parameter names a module declares not to decay → the rule text naming the declaration.
 
-
-def _modules(model: nn.Module, prefix: str = "") -> Iterator[tuple[str, nn.Module]]:
-    """``(canonical path, module)`` for every module, shared ones under each of their paths."""
-    yield prefix, model
-    skip = _wrapped_attribute(model)
-    for name, child in model.named_children():
-        path = prefix if name == skip else f"{prefix}.{name}" if prefix else name
-        yield from _modules(child, path)
-
-
-def _registrations(model: nn.Module) -> Iterator[_Registration]:
-    for path, module in _modules(model):
-        for local_name, parameter in module._parameters.items():
-            if parameter is None:
-                continue
-            if type(parameter).__name__ == "FlatParameter":
-                raise InvalidArgumentError(
-                    "model",
-                    f"{path}.{local_name}" if path else local_name,
-                    "parameters that are not FSDP1 flat parameters (their original names and "
-                    "shapes are gone): build the groups before wrapping, or shard with FSDP2",
-                )
-            name = f"{path}.{local_name}" if path else local_name
-            yield _Registration(name, local_name, module, parameter)
-
-
-def _declared_no_decay(model: nn.Module, parameter_names: list[str]) -> dict[str, str]:
-    """Parameter names declared by ``no_weight_decay()`` methods → the declaring module's path.
-
-    Each module's names are relative to that module (as timm models write
-    them), so a declaration survives any wrapper around it. A declared name
-    may also be a submodule's, covering all of its parameters.
+    ``no_weight_decay()`` entries are globs relative to the declaring module
+    (as timm models write them: ``pos_embed``, ``pos_embed.*``); an entry
+    naming a submodule covers all of its parameters. Entries of
+    ``no_weight_decay_keywords()`` (Swin's convention) match any substring of
+    the relative name. Each declaring module is matched once against its own
+    parameters only (``scopes`` holds just the declaring modules), so the cost
+    is linear in the parameters under them, whatever the number of entries.
     """
     declared: dict[str, str] = {}
-    for path, module in _modules(model):
-        method = getattr(module, "no_weight_decay", None)
-        if not callable(method):
-            continue
-        for relative in method():
-            full = f"{path}.{relative}" if path else relative
-            for name in parameter_names:
-                if name == full or name.startswith(full + "."):
-                    declared.setdefault(name, path or type(model).__name__)
+    for scope in scopes:
+        exact: dict[str, str] = {}
+        globs: list[tuple[re.Pattern[str], str]] = []
+        keywords: list[tuple[str, str]] = []
+        for method_name in ("no_weight_decay", "no_weight_decay_keywords"):
+            where = f"{scope.path or type(scope.module).__name__}.{method_name}()"
+            for entry in _declarations(scope.module, method_name):
+                if not isinstance(entry, str) or not entry:
+                    raise InvalidArgumentError(
+                        where, entry, "parameter names, globs or keywords (non-empty strings)"
+                    )
+                rule = f"declared by {where} entry {entry!r}"
+                if method_name == "no_weight_decay_keywords":
+                    keywords.append((entry, rule))
+                elif _GLOB_CHARACTERS.search(entry):
+                    globs.append((_glob(entry), rule))
+                else:
+                    exact.setdefault(entry, rule)
+        skip = len(scope.path) + 1 if scope.path else 0
+        for registration in registrations[scope.start : scope.end]:
+            if registration.name in declared:  # an outer declaration came first
+                continue
+            rule = _first_declaration(registration.name[skip:], exact, globs, keywords)
+            if rule is not None:
+                declared[registration.name] = rule
     return declared
 
 
-# --------------------------------------------------------------------- groups
-def _empty_groups(weight_decay: float, rules: DecayRules) -> list[dict[str, Any]]:
-    def group(name: str, decay: float, lr: float | None) -> dict[str, Any]:
-        built: dict[str, Any] = {
-            "name": name,
-            "params": [],
-            "param_names": [],
-            "weight_decay": decay,
-        }
-        if lr is not None:
-            built["lr"] = float(lr)
-        return built
+def _first_declaration(
+    relative: str,
+    exact: dict[str, str],
+    globs: list[tuple[re.Pattern[str], str]],
+    keywords: list[tuple[str, str]],
+) -> str | None:
+    """The rule of the first entry that covers ``relative``: a name, a glob, a keyword."""
+    if exact:
+        # The name itself, or a submodule above it: "pos_embed", "blocks.0".
+        prefix = relative
+        while True:
+            if prefix in exact:
+                return exact[prefix]
+            cut = prefix.rfind(".")
+            if cut < 0:
+                break
+            prefix = prefix[:cut]
+    for pattern, rule in globs:
+        if pattern.fullmatch(relative):
+            return rule
+    for keyword, rule in keywords:
+        if keyword in relative:
+            return rule
+    return None
 
-    groups = [group(DECAY, weight_decay, None), group(NO_DECAY, 0.0, None)]
+
+def _declares(module: nn.Module) -> bool:
+    if _declaring_methods(type(module)):
+        return True
+    attributes = module.__dict__  # a method assigned to one instance
+    return "no_weight_decay" in attributes or "no_weight_decay_keywords" in attributes
+
+
+def _declarations(module: nn.Module, method_name: str) -> list[Any]:
+    if method_name not in _declaring_methods(type(module)) and method_name not in module.__dict__:
+        return []
+    method = getattr(module, method_name)
+    return list(method()) if callable(method) else []
+
+
+@functools.cache
+def _declaring_methods(cls: type) -> frozenset[str]:
+    # Looked up once per class: on instances, nn.Module.__getattr__ makes a miss costly.
+    names = ("no_weight_decay", "no_weight_decay_keywords")
+    return frozenset(name for name in names if getattr(cls, name, None) is not None)
+
+
+@functools.lru_cache(maxsize=1024)
+def _glob(entry: str) -> re.Pattern[str]:
+    return re.compile(fnmatch.translate(entry))
+
+
+# --------------------------------------------------------------------- groups
+def _new_group(name: str, weight_decay: float, extra: dict[str, Any]) -> dict[str, Any]:
+    return {"name": name, "params": [], "param_names": [], "weight_decay": weight_decay, **extra}
+
+
+def _empty_groups(weight_decay: float, rules: DecayRules) -> list[dict[str, Any]]:
+    groups = [_new_group(DECAY, weight_decay, {}), _new_group(NO_DECAY, 0.0, {})]
     for override in rules.overrides:
         decay = weight_decay if override.weight_decay is None else float(override.weight_decay)
-        groups.append(group(f"{override.group_name}/{DECAY}", decay, override.lr))
-        groups.append(group(f"{override.group_name}/{NO_DECAY}", 0.0, override.lr))
+        extra = {} if override.lr is None else {"lr": float(override.lr)}
+        groups.append(_new_group(f"{override.group_name}/{DECAY}", decay, extra))
+        groups.append(_new_group(f"{override.group_name}/{NO_DECAY}", 0.0, extra))
     return groups
 
 
-def _check_exactly_once(model: nn.Module, groups: list[dict[str, Any]]) -> None:
-    """Every trainable parameter in exactly one group: a guarantee, so it is verified."""
+def _declared_groups(weight_decay: float, settings: _TensorSettings) -> list[dict[str, Any]]:
+    # A declared λ of 0 means "do not decay"; a parameter that decays anyway
+    # (a user `decay` pattern) gets the global λ rather than a silent 0.
+    decay = settings.weight_decay or weight_decay
+    return [
+        _new_group(f"{settings.group_name}/{DECAY}", decay, settings.extra()),
+        _new_group(f"{settings.group_name}/{NO_DECAY}", 0.0, settings.extra()),
+    ]
+
+
+def _check_exactly_once(trainable: set[int], groups: list[dict[str, Any]]) -> None:
+    """Every trainable parameter in exactly one group: a guarantee, so it is verified.
+
+    ``trainable`` comes from the walk, which visits every module's
+    ``_parameters`` (the same tensors as ``model.parameters()``, a property the
+    tests check against torch), so the check costs one pass over the groups.
+    """
     placed = [id(p) for group in groups for p in group["params"]]
-    trainable = {id(p) for p in model.parameters() if p.requires_grad}
     if len(placed) != len(set(placed)) or set(placed) != trainable:
         raise RuntimeError(
             f"parameter grouping is inconsistent: {len(placed)} placements, "

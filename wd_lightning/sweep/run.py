@@ -7,7 +7,7 @@ with that λ and ``seed_everything(seed)`` would, trains them together as a
 
 * ``runs/wd=<λ>_seed=<seed>/``: one TensorBoard run per member, with the tags
   and steps of a fit (``tensorboard --logdir <output_dir>/runs`` overlays them),
-  and its λ and seed in the HPARAMS tab;
+  and the HPARAMS and Text entries of that fit, diverged members included;
 * ``summary.csv``: one row per member (see :data:`SUMMARY_COLUMNS`);
 * ``curves.csv``: the training and held-out loss of every member per epoch;
 * ``ridge_curve.csv``: the closed-form solution over a fine λ grid, when the
@@ -38,7 +38,7 @@ from wd_lightning.core.errors import (
 from wd_lightning.core.losses import HalfMSELoss
 from wd_lightning.sweep.ensemble import WeightDecayEnsemble, check_sweep_trainer
 from wd_lightning.training.hparams import log_final_hparams
-from wd_lightning.training.module import WeightDecayModule
+from wd_lightning.training.module import WeightDecayModule, steps_per_epoch_of
 from wd_lightning.training.tensorboard import RunWriter
 
 __all__ = [
@@ -199,17 +199,7 @@ def run_sweep(
         problem = _linear_problem(ensemble, datamodule)
         if problem is not None:
             _add_linear_analysis(rows, ensemble, problem, trainer, initial)
-        for writer, module, member, row in zip(writers, modules, members, rows, strict=True):
-            if row["status"] == "ok":
-                log_final_hparams(
-                    [writer],
-                    module,
-                    datamodule,
-                    weight_norm=row["total_weight_norm"],
-                    val_loss=row["val_loss"],
-                    step=trainer.global_step,
-                    seed=member.seed,
-                )
+        _write_hparams(writers, members, modules, datamodule, rows, trainer)
     finally:
         for writer in writers:
             writer.close()
@@ -436,6 +426,43 @@ def _curve_rows(members: list[SweepMember], ensemble: WeightDecayEnsemble) -> li
                 }
             )
     return rows
+
+
+def _write_hparams(
+    writers: list[RunWriter],
+    members: list[SweepMember],
+    modules: list[WeightDecayModule],
+    datamodule: LightningDataModule,
+    rows: list[dict[str, Any]],
+    trainer: Trainer,
+) -> None:
+    """Each run's HPARAMS entry and Text tab, as a fit of that member writes them.
+
+    The hyper-parameters are a fit's (:func:`~wd_lightning.training.hparams.run_hparams`)
+    with the member's λ and seed; a diverged member is listed too, with
+    ``status`` ``diverged``, as a failed session.
+    """
+    from torch.utils.tensorboard.summary import text
+
+    for writer, member, module, row in zip(writers, members, modules, rows, strict=True):
+        # The member's own optimizer, as its fit would build it: the ensemble's
+        # groups hold every member at once and λ = 0 (applied per member).
+        optimizer = module.configure_optimizers()
+        optimizer = optimizer["optimizer"] if isinstance(optimizer, dict) else optimizer
+        report = module.param_groups_report.markdown(optimizer, steps_per_epoch_of(trainer))
+        writer.add_summary(text("param_groups", report), 0)
+        tags = ["train/loss", "val/loss", "weight_norm/total"]
+        tags += [f"val/{name}" for name in module.val_metrics.keys(keep_base=True)]
+        log_final_hparams(
+            [writer],
+            module,
+            datamodule,
+            optimizer=optimizer,
+            seed=member.seed,
+            metric_tags=tags,
+            step=trainer.global_step,
+            status=row["status"],
+        )
 
 
 def _write_csv(path: Path, columns: Sequence[str], rows: list[dict[str, Any]]) -> None:

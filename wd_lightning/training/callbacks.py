@@ -25,7 +25,7 @@ from wd_lightning.core.norms import (
 from wd_lightning.core.sharding import is_sharded, whole
 from wd_lightning.core.timescale import GroupDecay, InitialWeightFactor, group_decay
 from wd_lightning.training.cadence import logged_step, logs_this_step
-from wd_lightning.training.hparams import log_final_hparams
+from wd_lightning.training.hparams import global_seed, log_final_hparams
 
 __all__ = ["WeightNormMonitor"]
 
@@ -84,11 +84,12 @@ class WeightNormMonitor(Callback):
             ``train_loss`` with ``val_loss``, and the group norms, on one chart
             each.
         log_hparams: when training ends, fill TensorBoard's HPARAMS tab with the
-            module's and datamodule's hyper-parameters and the final metrics
-            ``hp/weight_norm`` (the final total norm) and ``hp/val_loss`` (the
-            last ``val_loss``, if the run validated). Give the
-            ``TensorBoardLogger`` ``default_hp_metric=False``, or the tab also
-            shows Lightning's placeholder ``hp_metric``.
+            run's hyper-parameters (:func:`~wd_lightning.training.hparams.run_hparams`:
+            the module's and datamodule's, the optimizer, its learning rate and
+            the seed) against the last points of ``train/loss``, ``val/*`` and
+            ``weight_norm/total``. Give the ``TensorBoardLogger``
+            ``default_hp_metric=False``, or the tab also shows Lightning's
+            placeholder ``hp_metric``.
         log_init_remaining: also log ``weight_decay/init_remaining/<group>``
             for every decayed group: ∏ₜ(1 − lrₜ·λ) over the optimizer steps
             taken so far, following the learning-rate schedule step by step,
@@ -101,7 +102,7 @@ class WeightNormMonitor(Callback):
             no closed form and are not logged; a message says so once. Saved
             in checkpoints, so a resumed fit continues the product.
         train_loss: tag of the training loss, for the custom-scalars chart.
-        val_loss: tag of the validation loss, for the chart and ``hp/val_loss``.
+        val_loss: tag of the validation loss, for the chart.
 
     Example:
         >>> import torch
@@ -198,15 +199,12 @@ class WeightNormMonitor(Callback):
         self._pending = []
         if not trainer.loggers or not trainer.optimizers:
             return
-        totals = []
         for optimizer in trainer.optimizers:
             plan = self._plan(trainer, pl_module, optimizer)
             if trainer.is_global_zero or plan.sharded:
-                squares = squared_norms(plan.tensors)
-                totals.append(squares.sum())
-                self._write(trainer, plan, squares, logged_step(trainer))
-        if self.log_hparams and trainer.is_global_zero and totals:
-            self._write_hparams(trainer, pl_module, torch.stack(totals).sum().sqrt().item())
+                self._write(trainer, plan, squared_norms(plan.tensors), logged_step(trainer))
+        if self.log_hparams and trainer.is_global_zero:
+            self._write_hparams(trainer, pl_module)
 
     # ------------------------------------------------------------ public maths
     @staticmethod
@@ -365,14 +363,14 @@ class WeightNormMonitor(Callback):
             charts["initial weights remaining per group"] = ["Multiline", _exact(init_remaining)]
         return {"weight decay": charts}
 
-    def _write_hparams(self, trainer: Trainer, pl_module: LightningModule, total: float) -> None:
-        val_loss = trainer.callback_metrics.get(self.val_loss)
+    def _write_hparams(self, trainer: Trainer, pl_module: LightningModule) -> None:
         log_final_hparams(
             [logger for logger in trainer.loggers if isinstance(logger, TensorBoardLogger)],
             pl_module,
             getattr(trainer, "datamodule", None),
-            weight_norm=total,
-            val_loss=None if val_loss is None else float(val_loss),
+            optimizer=trainer.optimizers[0] if trainer.optimizers else None,
+            seed=global_seed(),
+            metric_tags=[*trainer.callback_metrics, "weight_norm/total"],
             step=logged_step(trainer),
         )
 

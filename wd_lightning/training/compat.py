@@ -21,10 +21,12 @@ __all__ = [
     "add_cli_subcommand",
     "batches_that_stepped",
     "build_cli_arguments",
+    "cli_subcommand_parsers",
     "ignore_jsonargparse_deprecations",
     "initial_hparams",
     "restricted_classmethod",
     "searching_learning_rate",
+    "subcommand_choices",
     "subcommand_parser",
 ]
 
@@ -109,18 +111,34 @@ def build_cli_arguments(cli: LightningCLI, parser: Any) -> None:
 
 
 def add_cli_subcommand(
-    cli: LightningCLI, parser: Any, name: str, subparser: Any, help: str
+    cli: LightningCLI, parser: Any, name: str, subparser: Any, help: str, runnable: bool = True
 ) -> None:
     """Register ``subparser`` as subcommand ``name`` of ``parser``, next to fit, validate, ...
 
-    Assumption: LightningCLI keeps its subcommand parsers in
-    ``_subcommand_parsers``, the arguments passed on to the subcommand's method
-    in ``_subcommand_method_arguments``, and jsonargparse's subcommands action
-    in ``parser._subcommands_action``.
+    With ``runnable=False`` it is only listed (in ``--help``), for a subcommand
+    handled before the CLI is built. Assumption: LightningCLI keeps its
+    subcommand parsers in ``_subcommand_parsers``, the arguments passed on to
+    the subcommand's method in ``_subcommand_method_arguments``, and
+    jsonargparse's subcommands action in ``parser._subcommands_action``.
     """
-    cli._subcommand_parsers[name] = subparser
-    cli._subcommand_method_arguments[name] = {}
+    if runnable:
+        cli._subcommand_parsers[name] = subparser
+        cli._subcommand_method_arguments[name] = {}
     parser._subcommands_action.add_subcommand(name, subparser, help=help)
+
+
+def cli_subcommand_parsers(cli: LightningCLI) -> dict[str, Any]:
+    """Every runnable subcommand's parser by name. Assumption: ``cli._subcommand_parsers``."""
+    return cli._subcommand_parsers
+
+
+def subcommand_choices(parser: Any) -> list[Any]:
+    """The entries ``--help`` lists for the subcommands, one per subcommand, each with a
+    ``dest`` (its name) and an editable ``help``.
+
+    Assumption: jsonargparse keeps them in ``parser._subcommands_action._choices_actions``.
+    """
+    return parser._subcommands_action._choices_actions
 
 
 def subcommand_parser(cli: LightningCLI, name: str) -> Any:

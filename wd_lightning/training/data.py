@@ -270,19 +270,23 @@ class ResumableDataLoader(DataLoader):
 
 
 class InMemoryDataModule(LightningDataModule, ABC):
-    """Shared machinery of the synthetic tasks: a generated train / held-out split in memory.
+    """Shared machinery of the synthetic tasks: generated train, held-out and test sets in memory.
 
     Subclasses implement :meth:`generate`, drawing ``num_train + num_val``
     examples from the generator they are given (seeded with ``data_seed``);
-    this class splits them, exposes ``X_train``, ``y_train``, ``X_val`` and
-    ``y_val`` after :meth:`setup`, and serves training batches in the
-    ``(data_seed, epoch)`` order of :class:`EpochSeededSampler` and the held-out
-    set (for validation and testing) in batches of ``val_batch_size``, by
-    default all at once. The training loader is a :class:`ResumableDataLoader`,
-    so a fit resumed in the middle of an epoch continues that epoch, and no
-    loader draws from the global random generators. Attached to a trainer with
-    a data-parallel strategy, each process gets its rank's share of every
-    epoch's order.
+    this class splits them and draws ``num_test`` more for the test set, with
+    :meth:`generate_test` (by default :meth:`generate`) from their own
+    generator: seeded with ``test_seed``, or, when that is ``None``, the same
+    generator continued after the training and held-out examples, so that the
+    test examples never repeat those. After :meth:`setup` the tensors are
+    ``X_train``, ``y_train``, ``X_val``, ``y_val``, ``X_test`` and ``y_test``.
+    Training batches come in the ``(data_seed, epoch)`` order of
+    :class:`EpochSeededSampler`; the held-out set (validation) and the test set
+    (``test``) in batches of ``val_batch_size``, by default all at once. The
+    training loader is a :class:`ResumableDataLoader`, so a fit resumed in the
+    middle of an epoch continues that epoch, and no loader draws from the
+    global random generators. Attached to a trainer with a data-parallel
+    strategy, each process gets its rank's share of every epoch's order.
     """
 
     def __init__(
@@ -292,6 +296,8 @@ class InMemoryDataModule(LightningDataModule, ABC):
         batch_size: int,
         data_seed: int,
         val_batch_size: int | None,
+        num_test: int = 100,
+        test_seed: int | None = None,
     ) -> None:
         super().__init__()
         self.num_train = check_int_at_least("num_train", num_train, 1)
@@ -301,14 +307,29 @@ class InMemoryDataModule(LightningDataModule, ABC):
         if val_batch_size is not None:
             check_int_at_least("val_batch_size", val_batch_size, 1)
         self.val_batch_size = val_batch_size
+        self.num_test = check_int_at_least("num_test", num_test, 1)
+        if test_seed is not None:
+            check_int_at_least("test_seed", test_seed, 0)
+            if test_seed == data_seed:
+                # The same stream would draw the training examples again as test examples.
+                raise InvalidArgumentError(
+                    "test_seed", test_seed, f"None or a seed other than data_seed={data_seed}"
+                )
+        self.test_seed = test_seed
         self.X_train: Tensor | None = None
         self.y_train: Tensor | None = None
         self.X_val: Tensor | None = None
         self.y_val: Tensor | None = None
+        self.X_test: Tensor | None = None
+        self.y_test: Tensor | None = None
 
     @abstractmethod
     def generate(self, num_examples: int, generator: torch.Generator) -> tuple[Tensor, Tensor]:
         """Draw ``num_examples`` ``(inputs, targets)`` rows from ``generator``."""
+
+    def generate_test(self, num_examples: int, generator: torch.Generator) -> tuple[Tensor, Tensor]:
+        """Draw the test set's rows; override when the task itself is drawn in :meth:`generate`."""
+        return self.generate(num_examples, generator)
 
     def setup(self, stage: str | None = None) -> None:
         if self.X_train is not None:
@@ -317,6 +338,9 @@ class InMemoryDataModule(LightningDataModule, ABC):
         X, y = self.generate(self.num_train + self.num_val, generator)
         self.X_train, self.X_val = X[: self.num_train], X[self.num_train :]
         self.y_train, self.y_val = y[: self.num_train], y[self.num_train :]
+        if self.test_seed is not None:
+            generator = torch.Generator().manual_seed(self.test_seed)
+        self.X_test, self.y_test = self.generate_test(self.num_test, generator)
 
     def train_dataloader(self) -> DataLoader:
         self.setup()
@@ -337,16 +361,17 @@ class InMemoryDataModule(LightningDataModule, ABC):
         )
 
     def val_dataloader(self) -> DataLoader:
-        return self._held_out_dataloader()
+        self.setup()
+        return self._evaluation_dataloader(self.X_val, self.y_val)
 
     def test_dataloader(self) -> DataLoader:
-        return self._held_out_dataloader()
-
-    def _held_out_dataloader(self) -> DataLoader:
         self.setup()
+        return self._evaluation_dataloader(self.X_test, self.y_test)
+
+    def _evaluation_dataloader(self, inputs: Tensor, targets: Tensor) -> DataLoader:
         return DataLoader(
-            TensorPairDataset(self.X_val, self.y_val),
-            batch_size=self.val_batch_size or self.num_val,
+            TensorPairDataset(inputs, targets),
+            batch_size=self.val_batch_size or len(inputs),
             collate_fn=already_batched,
             generator=self._loader_generator(),
         )
@@ -368,7 +393,7 @@ class SyntheticRegressionDataModule(InMemoryDataModule):
 
     Args:
         num_train: training examples (the book: 20, fewer than inputs, so it overfits).
-        num_val: held-out examples used for validation and testing.
+        num_val: held-out examples, for validation ("test" in the book).
         num_inputs: input dimension d.
         batch_size: training minibatch size per process; with data-parallel
             processes the global batch is ``batch_size`` × their number.
@@ -376,13 +401,16 @@ class SyntheticRegressionDataModule(InMemoryDataModule):
         b_true: the true bias.
         noise: standard deviation of the label noise ε.
         data_seed: seed of the data and of the training shuffle order.
-        val_batch_size: validation batch size; ``None`` evaluates the held-out set in one batch.
+        val_batch_size: evaluation batch size; ``None`` evaluates a whole set in one batch.
+        num_test: test examples, scored by ``test`` (and never seen by ``fit``).
+        test_seed: seed of the test examples; ``None`` draws them after the
+            training and held-out examples of ``data_seed``.
 
     Example:
         >>> data = SyntheticRegressionDataModule()
         >>> data.setup("fit")
-        >>> data.X_train.shape, data.y_train.shape, data.X_val.shape
-        (torch.Size([20, 200]), torch.Size([20, 1]), torch.Size([100, 200]))
+        >>> data.X_train.shape, data.y_train.shape, data.X_val.shape, data.X_test.shape
+        (torch.Size([20, 200]), torch.Size([20, 1]), torch.Size([100, 200]), torch.Size([100, 200]))
         >>> len(data.train_dataloader())
         4
     """
@@ -398,8 +426,12 @@ class SyntheticRegressionDataModule(InMemoryDataModule):
         noise: float = 0.01,
         data_seed: int = 0,
         val_batch_size: int | None = None,
+        num_test: int = 100,
+        test_seed: int | None = None,
     ) -> None:
-        super().__init__(num_train, num_val, batch_size, data_seed, val_batch_size)
+        super().__init__(
+            num_train, num_val, batch_size, data_seed, val_batch_size, num_test, test_seed
+        )
         self.num_inputs = check_int_at_least("num_inputs", num_inputs, 1)
         self.w_true = check_finite("w_true", w_true)
         self.b_true = check_finite("b_true", b_true)
@@ -428,7 +460,10 @@ class SyntheticClassificationDataModule(InMemoryDataModule):
             processes the global batch is ``batch_size`` × their number.
         noise: standard deviation of the noise added to the teacher's logits.
         data_seed: seed of the data, the teacher and the shuffle order.
-        val_batch_size: validation batch size; ``None`` evaluates the held-out set in one batch.
+        val_batch_size: evaluation batch size; ``None`` evaluates a whole set in one batch.
+        num_test: test examples, scored by ``test`` (and never seen by ``fit``).
+        test_seed: seed of the test examples (the teacher stays ``data_seed``'s);
+            ``None`` draws them after the training and held-out examples.
 
     Example:
         >>> data = SyntheticClassificationDataModule(num_train=8, num_val=4, num_inputs=3)
@@ -447,15 +482,32 @@ class SyntheticClassificationDataModule(InMemoryDataModule):
         noise: float = 0.5,
         data_seed: int = 0,
         val_batch_size: int | None = None,
+        num_test: int = 512,
+        test_seed: int | None = None,
     ) -> None:
-        super().__init__(num_train, num_val, batch_size, data_seed, val_batch_size)
+        super().__init__(
+            num_train, num_val, batch_size, data_seed, val_batch_size, num_test, test_seed
+        )
         self.num_inputs = check_int_at_least("num_inputs", num_inputs, 1)
         self.num_classes = check_int_at_least("num_classes", num_classes, 2)
         self.noise = check_finite_non_negative("noise", noise)
         self.save_hyperparameters()
 
     def generate(self, num_examples: int, generator: torch.Generator) -> tuple[Tensor, Tensor]:
-        teacher = torch.randn(self.num_inputs, self.num_classes, generator=generator)
+        # The teacher comes first in data_seed's stream, then the examples.
+        return self._examples(self._teacher(generator), num_examples, generator)
+
+    def generate_test(self, num_examples: int, generator: torch.Generator) -> tuple[Tensor, Tensor]:
+        # Other examples of the same task: the teacher is always data_seed's.
+        teacher = self._teacher(torch.Generator().manual_seed(self.data_seed))
+        return self._examples(teacher, num_examples, generator)
+
+    def _teacher(self, generator: torch.Generator) -> Tensor:
+        return torch.randn(self.num_inputs, self.num_classes, generator=generator)
+
+    def _examples(
+        self, teacher: Tensor, num_examples: int, generator: torch.Generator
+    ) -> tuple[Tensor, Tensor]:
         X = torch.randn(num_examples, self.num_inputs, generator=generator)
         noise = torch.randn(num_examples, self.num_classes, generator=generator)
         return X, (X @ teacher + self.noise * noise).argmax(dim=1)

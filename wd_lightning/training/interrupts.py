@@ -15,16 +15,65 @@ one interrupts at once, for a run that does not reach a step boundary.
 
 from __future__ import annotations
 
+import logging
 import signal
 import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from types import FrameType, TracebackType
 from typing import Any
 
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
-__all__ = ["InterruptGuard"]
+__all__ = ["InterruptGuard", "quiet_interrupt_notices"]
 
 _SIGNALS = (signal.SIGINT, signal.SIGTERM)
+# Lightning's own lines about an interrupt: "[rank: 0] Received SIGTERM: 15" from its
+# signal handler, "An SIGTERMException was raised with message: ..., saved checkpoint to
+# ..." from ModelCheckpoint.on_exception.
+_NOTICES = {
+    "lightning.pytorch.trainer.connectors.signal_connector": ("Received SIGTERM",),
+    "lightning.pytorch.utilities.rank_zero": (
+        "SIGTERMException was raised",
+        "KeyboardInterrupt was raised",
+    ),
+}
+
+
+class _DropNotices(logging.Filter):
+    def __init__(self, phrases: tuple[str, ...]) -> None:
+        super().__init__()
+        self.phrases = phrases
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        return not any(phrase in message for phrase in self.phrases)
+
+
+@contextmanager
+def quiet_interrupt_notices() -> Iterator[None]:
+    """Drop Lightning's log lines about an interrupt while the block runs.
+
+    A program that reports the interrupt itself, in one line naming the
+    checkpoint to resume from (as the command line does), would otherwise
+    print it after two lines of Lightning's. Other log lines pass.
+
+    Example:
+        >>> log = logging.getLogger("lightning.pytorch.trainer.connectors.signal_connector")
+        >>> with quiet_interrupt_notices():
+        ...     log.filters[-1].filter(logging.makeLogRecord({"msg": "Received SIGTERM: 15"}))
+        False
+    """
+    filters = [
+        (logging.getLogger(name), _DropNotices(phrases)) for name, phrases in _NOTICES.items()
+    ]
+    for logger, notice_filter in filters:
+        logger.addFilter(notice_filter)
+    try:
+        yield
+    finally:
+        for logger, notice_filter in filters:
+            logger.removeFilter(notice_filter)
 
 
 class InterruptGuard:

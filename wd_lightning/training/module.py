@@ -42,7 +42,7 @@ from wd_lightning.training.compat import (
     searching_learning_rate,
 )
 
-__all__ = ["Penalty", "WeightDecayModule"]
+__all__ = ["Penalty", "WeightDecayModule", "steps_per_epoch_of"]
 
 Penalty = Literal["optimizer", "loss"]
 
@@ -447,7 +447,7 @@ class WeightDecayModule(LightningModule):
         report, optimizer = self.param_groups_report, self.trainer.optimizers[0]
         # Say where every parameter went before the first step: a wrong grouping
         # is cheap to spot here and expensive to discover after a long run.
-        steps_per_epoch = _steps_per_epoch(self.trainer)
+        steps_per_epoch = steps_per_epoch_of(self.trainer)
         rank_zero_info(f"Parameter groups:\n{report.summary(optimizer, steps_per_epoch)}")
         for logger in self.loggers:
             if isinstance(logger, TensorBoardLogger):
@@ -455,7 +455,7 @@ class WeightDecayModule(LightningModule):
                 logger.experiment.add_text("param_groups", markdown, 0)
 
 
-def _steps_per_epoch(trainer: Any) -> int | None:
+def steps_per_epoch_of(trainer: Any) -> int | None:
     """Optimizer steps per training epoch, for τ in epochs; ``None`` when it is not known."""
     batches = trainer.num_training_batches
     if not math.isfinite(batches) or batches <= 0:

@@ -99,24 +99,6 @@ class RunWriter:
         self._write_pending()
         self._write(self._event(wall_time=time.time(), step=step, summary=summary))
 
-    def log_hyperparams(
-        self, params: dict[str, Any], metrics: dict[str, float], step: int = 0
-    ) -> None:
-        """Fill the run's HPARAMS tab, and write ``metrics`` as scalars at ``step``.
-
-        As Lightning's ``TensorBoardLogger.log_hyperparams``: values that are not a
-        number, string or bool are shown as their ``str``.
-        """
-        from torch.utils.tensorboard.summary import hparams
-
-        plain = {
-            name: value if isinstance(value, (bool, int, float, str)) else str(value)
-            for name, value in params.items()
-        }
-        for summary in hparams(plain, metrics):
-            self.add_summary(summary, 0)
-        self.add_scalars(metrics, step)
-
     def flush(self) -> None:
         """Write everything given so far to disk."""
         self._write_pending()
