@@ -288,11 +288,13 @@ CASES = [
     ),
     Case(
         "API",
-        "`WeightDecayModule(net, optimizer=lambda p: torch.optim.LBFGS(p))`",
+        "`WeightDecayModule(net, optimizer=lambda p: torch.optim.LBFGS(p)).configure_optimizers()`",
         "optimizer='<lambda>' is not allowed: expected valid arguments (LBFGS doesn't support"
         " per-parameter options (parameter groups))",
         "`InvalidArgumentError`",
-        lambda: WeightDecayModule(nn.Linear(4, 1), optimizer=lambda p: torch.optim.LBFGS(p)),
+        lambda: WeightDecayModule(
+            nn.Linear(4, 1), optimizer=lambda p: torch.optim.LBFGS(p)
+        ).configure_optimizers(),
     ),
     Case(
         "CLI",

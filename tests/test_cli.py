@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from lightning.pytorch.callbacks import ModelSummary
 
 from tests.fits import CONFIGS, REPO
 from wd_lightning import LinearRegression, SyntheticRegressionDataModule
@@ -310,7 +311,6 @@ def test_own_checkpoint_callback_or_none_replaces_the_default(tmp_path):
 
 def test_model_summary_is_off_by_default_and_can_be_turned_on():
     # RichModelSummary, a subclass, when rich is installed (import-linter brings it).
-    from lightning.pytorch.callbacks import ModelSummary
 
     assert not any(isinstance(c, ModelSummary) for c in _parse().trainer.callbacks)
     on = _parse("--trainer.enable_model_summary", "true")

@@ -48,11 +48,12 @@ def test_explain_output_in_readme_is_current():
 
 def test_readme_links_to_existing_docs_pages():
     linked = re.findall(r"\]\(docs/([\w.-]+\.md)\)", README)
-    assert linked and set(linked) <= set(DOCS)
+    # Every page linked exists, and every page but the site's home is linked.
+    assert set(linked) == set(DOCS) - {"index.md"}
 
 
 def test_the_test_command_ci_runs_is_the_readmes():
-    command = 'pip install -e ".[test]" && pytest'
+    command = 'pip install -e ".[test]" && pip install --no-deps timm==1.0.31 && pytest'
     assert command in README
     assert command in (REPO / ".ci" / "run").read_text()
 

@@ -12,7 +12,6 @@ from pathlib import Path
 from typing import Any, NoReturn
 
 from jsonargparse import ActionConfigFile, ArgumentParser, Namespace
-from jsonargparse._deprecated import JsonargparseDeprecationWarning
 from lightning.pytorch import Callback, LightningDataModule, LightningModule, Trainer
 from lightning.pytorch import __version__ as lightning_version
 from lightning.pytorch.callbacks import ModelCheckpoint, ProgressBar
@@ -34,6 +33,14 @@ from wd_lightning.core.errors import (
 )
 from wd_lightning.training.callbacks import WeightNormMonitor
 from wd_lightning.training.checkpoints import check_state_dict, is_local_path, read_checkpoint
+from wd_lightning.training.compat import (
+    add_cli_subcommand,
+    build_cli_arguments,
+    cli_subcommand_parsers,
+    ignore_jsonargparse_deprecations,
+    subcommand_choices,
+    subcommand_parser,
+)
 from wd_lightning.training.interrupts import InterruptGuard, quiet_interrupt_notices
 from wd_lightning.training.logging import (
     BufferedTensorBoardLogger,
@@ -351,7 +358,7 @@ class WeightDecayCLI(LightningCLI):
         * No ``config.yaml`` when logging is off (``--trainer.logger false``):
           there is no run directory to put it in.
         """
-        config = self._get(self.config_init, "trainer", default={})
+        config = _config_value(self, self.config_init, "trainer", {})
         if config.get("logger") in (None, True) and "logger" not in kwargs:
             save_dir = config.get("default_root_dir") or os.getcwd()
             kwargs["logger"] = BufferedTensorBoardLogger(save_dir=save_dir, default_hp_metric=False)
@@ -380,31 +387,36 @@ class WeightDecayCLI(LightningCLI):
         return trainer
 
     # ------------------------------------------------------------------ sweep
+    # Private LightningCLI hooks (see wd_lightning.training.compat.CLI_SUBCOMMAND_HOOKS):
+    # the only way to add subcommands that are not Trainer methods.
     def _add_subcommands(self, parser: LightningArgumentParser, **kwargs: Any) -> None:
         super()._add_subcommands(parser, **kwargs)
         description = _sentence(SUBCOMMANDS["sweep"])
         self._adding_sweep = True
         try:
             sweep_parser = self.init_parser(description=description)
-            self._add_arguments(sweep_parser)
+            build_cli_arguments(self, sweep_parser)
         finally:
             self._adding_sweep = False
         add_sweep_arguments(sweep_parser)
-        self._subcommand_parsers["sweep"] = sweep_parser
-        self._subcommand_method_arguments["sweep"] = {}
-        parser._subcommands_action.add_subcommand("sweep", sweep_parser, help=description)
-        for name, subcommand_parser in self._subcommand_parsers.items():
+        add_cli_subcommand(self, parser, "sweep", sweep_parser, help=description)
+        for name, named_parser in cli_subcommand_parsers(self).items():
             # Argparse's usage would list all 200 options on 200 lines.
-            subcommand_parser.prog = f"{program_name()} {name}"
-            subcommand_parser.usage = "%(prog)s [--config NAME_OR_FILE] [options]"
-            subcommand_parser.lead = lead_help(name)
+            named_parser.prog = f"{program_name()} {name}"
+            named_parser.usage = "%(prog)s [--config NAME_OR_FILE] [options]"
+            named_parser.lead = lead_help(name)
             # Lightning's are the Trainer methods' docstrings ("Runs the full optimization ...").
-            subcommand_parser.description = _sentence(SUBCOMMANDS[name])
+            named_parser.description = _sentence(SUBCOMMANDS[name])
         # Listed here for --help; ``main`` runs it before this parser is built.
-        parser._subcommands_action.add_subcommand(
-            "plot", ArgumentParser(), help=_sentence(SUBCOMMANDS["plot"])
+        add_cli_subcommand(
+            self,
+            parser,
+            "plot",
+            ArgumentParser(),
+            help=_sentence(SUBCOMMANDS["plot"]),
+            runnable=False,
         )
-        for choice in parser._subcommands_action._choices_actions:  # check-optimizer: in main
+        for choice in subcommand_choices(parser):  # check-optimizer: in main
             choice.help = _sentence(SUBCOMMANDS[choice.dest])
 
     def _run_subcommand(self, subcommand: str) -> None:
@@ -434,7 +446,7 @@ class WeightDecayCLI(LightningCLI):
             self._raise_as_option_error(error)
         if not result.is_global_zero:  # split across processes: rank zero reports
             return
-        self._parser("sweep").save(
+        subcommand_parser(self, "sweep").save(
             config, result.output_dir / "config.yaml", skip_none=False, overwrite=True
         )
         print(result.table())
@@ -457,8 +469,8 @@ class WeightDecayCLI(LightningCLI):
             if self.subcommand == "sweep":
                 # Instantiated once to check the config; each member is built anew.
                 self.config_init = self.parser.instantiate_classes(self.config)
-                self.datamodule = self._get(self.config_init, "data")
-                self.model = self._get(self.config_init, "model")
+                self.datamodule = _config_value(self, self.config_init, "data")
+                self.model = _config_value(self, self.config_init, "model")
             else:
                 super().instantiate_classes()
         except ValueError as error:
@@ -609,6 +621,11 @@ def fit_summary(trainer: Trainer) -> str:
     return "\n".join(lines)
 
 
+def _config_value(cli: LightningCLI, config: Namespace, key: str, default: Any = None) -> Any:
+    """``key`` of the running subcommand's part of ``config`` (the whole config without one)."""
+    return config.get(str(cli.subcommand), config).get(key, default)
+
+
 def _find_cause(error: BaseException, kind: type[BaseException]) -> BaseException | None:
     """The first exception of type ``kind`` in ``error``'s chain of causes, if any."""
     seen = set()
@@ -698,7 +715,7 @@ def main(args: Sequence[str] | None = None) -> None:
     number (130 for SIGINT, 143 for SIGTERM) and the ``--ckpt_path`` to resume with.
     """
     # Lightning calls jsonargparse APIs that warn on every run; users cannot act on it.
-    warnings.filterwarnings("ignore", category=JsonargparseDeprecationWarning)
+    ignore_jsonargparse_deprecations()
     warnings.filterwarnings("ignore", message=r".*isinstance.treespec, LeafSpec.* is deprecated")
     # A resumed fit, validate and test log to a new version_N, so the checkpoint's folder
     # always differs from the run's: Lightning warns about it every time.

@@ -52,13 +52,12 @@ def test_three_steps_equal_each_members_own_optimizer(name, penalty):
     members = _members(OPTIMIZERS[name], penalty)
     ensemble = WeightDecayEnsemble(members)
     ensemble_optimizer = ensemble.configure_optimizers()
-    ensemble.on_fit_start()
     own = [member.configure_optimizers() for member in members]
     for step in range(3):
         inputs, targets = _batch(step)
         ensemble_optimizer.zero_grad()
-        ensemble.member_losses(inputs, targets).sum().backward()
-        ensemble.on_before_optimizer_step(ensemble_optimizer)
+        (ensemble.member_losses(inputs, targets) + ensemble.member_penalties()).sum().backward()
+        ensemble.configure_gradient_clipping(ensemble_optimizer)
         ensemble_optimizer.step()
         for member, optimizer in zip(members, own, strict=True):
             optimizer.zero_grad()
@@ -87,7 +86,6 @@ def test_a_non_finite_member_leaves_the_others_untouched():
     members = [LinearRegression(num_inputs=3, weight_decay=wd) for wd in (0.0, 1.0)]
     ensemble = WeightDecayEnsemble(members)
     optimizer = ensemble.configure_optimizers()
-    ensemble.on_fit_start()
     with torch.no_grad():
         ensemble.stacked_parameters()["weight"][0].fill_(float("inf"))
     inputs, targets = torch.randn(4, 3), torch.randn(4, 1)
@@ -95,7 +93,7 @@ def test_a_non_finite_member_leaves_the_others_untouched():
     assert not torch.isfinite(losses[0]) and torch.isfinite(losses[1])
     before = ensemble.stacked_parameters()["weight"][1].detach().clone()
     torch.where(torch.isfinite(losses), losses, torch.zeros_like(losses)).sum().backward()
-    ensemble.on_before_optimizer_step(optimizer)
+    ensemble.configure_gradient_clipping(optimizer)
     optimizer.step()
     after = ensemble.stacked_parameters()["weight"][1]
     assert torch.isfinite(after).all() and not torch.equal(after, before)
@@ -138,3 +136,29 @@ def test_eval_mode_reaches_the_members_batch_norm():
         torch.testing.assert_close(outputs[index], member(inputs))
         for name, tensor in ensemble.member_state(index).items():
             torch.testing.assert_close(tensor, member.model.state_dict()[name])
+
+
+def test_adamw_is_decoupled_even_without_the_flag_in_its_defaults():
+    # torch < 2.7 builds AdamW without "decoupled_weight_decay" in its defaults.
+    def adamw_without_flag(params):
+        optimizer = torch.optim.AdamW(params, lr=0.01)
+        del optimizer.defaults["decoupled_weight_decay"]
+        return optimizer
+
+    members = _members(adamw_without_flag)
+    ensemble = WeightDecayEnsemble(members)
+    ensemble_optimizer = ensemble.configure_optimizers()
+    own = [torch.optim.AdamW(m.param_groups_report.groups, lr=0.01) for m in members]
+    inputs, targets = _batch()
+    ensemble_optimizer.zero_grad()
+    ensemble.member_losses(inputs, targets).sum().backward()
+    ensemble.configure_gradient_clipping(ensemble_optimizer)
+    ensemble_optimizer.step()
+    for member, optimizer in zip(members, own, strict=True):
+        member.loss(member(inputs), targets).backward()
+        optimizer.step()
+    for index, member in enumerate(members):
+        torch.testing.assert_close(
+            ensemble.stacked_parameters()["layers.0.weight"][index],
+            member.model.get_parameter("layers.0.weight").detach(),
+        )

@@ -44,6 +44,23 @@ def test_write_figures_draws_the_three_figures_and_one_per_metric(sweep_dir):
         _assert_real_figure(path)
 
 
+def test_drawing_leaves_the_callers_matplotlib_as_it_was(sweep_dir):
+    # A notebook user's backend (inline plots) and open figures must survive a drawing.
+    import matplotlib
+    import matplotlib.pyplot as plt
+
+    before = matplotlib.get_backend()
+    try:
+        plt.switch_backend("svg")
+        open_figure = plt.figure()
+        write_figures(sweep_dir)
+        assert matplotlib.get_backend() == "svg"
+        assert plt.get_fignums() == [open_figure.number]
+    finally:
+        plt.close("all")
+        plt.switch_backend(before)
+
+
 def test_plot_command_redraws_from_the_tables(sweep_dir, capsys):
     for path in (sweep_dir / "figures").glob("*.png"):
         path.unlink()

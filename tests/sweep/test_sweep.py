@@ -5,15 +5,20 @@ import math
 import re
 
 import pytest
+import torch
+from lightning.pytorch import Trainer
+from lightning.pytorch.plugins import MixedPrecision
 
 from tests.fits import CONFIGS
 from wd_lightning.cli import main
 from wd_lightning.core.errors import InvalidArgumentError
+from wd_lightning.sweep.ensemble import check_sweep_trainer
 from wd_lightning.sweep.plots import read_table
 from wd_lightning.sweep.run import SUMMARY_COLUMNS, sweep_members
 from wd_lightning.training.tensorboard import read_scalars
 
 QUIET = ["--trainer.enable_progress_bar", "false"]
+CLIP_VALUE = ["--trainer.gradient_clip_val", "0.01", "--trainer.gradient_clip_algorithm", "value"]
 COMPARED_TAGS = ("train/loss", "val/loss", "weight_norm/decay", "weight_norm/no_decay")
 
 
@@ -104,6 +109,31 @@ def test_every_member_equals_a_separate_fit_of_the_book(tmp_path):
     ids=["adamw-decoupled", "adam-coupled", "sgd-momentum-penalty-in-loss"],
 )
 def test_members_equal_fits_with_other_optimizers(tmp_path, options):
+    epochs = ["--trainer.max_epochs", "10"]
+    output_dir = _sweep(tmp_path, [0.5, 3], [2], *epochs, *options)
+    _assert_member_equals_fit(output_dir, 3, 2, _fit(tmp_path, 3, 2, *epochs, *options))
+
+
+@pytest.mark.parametrize(
+    "options",
+    [
+        # Clipping must not see λ·w with the decay in the optimizer, and must with it in the loss.
+        CLIP_VALUE,
+        [*CLIP_VALUE, "--model.penalty", "loss"],
+        # Decay once per optimizer step, not per batch.
+        ["--trainer.accumulate_grad_batches", "2", "--model.optimizer.momentum", "0.9"],
+        ["--trainer.accumulate_grad_batches", "2", "--model.penalty", "loss"],
+        ["--model.optimizer", "torch.optim.AdamW", "--model.optimizer.lr", "0.01", *CLIP_VALUE],
+    ],
+    ids=[
+        "clip-value",
+        "clip-value-penalty-in-loss",
+        "accumulate",
+        "accumulate-penalty-in-loss",
+        "adamw-clip-value",
+    ],
+)
+def test_members_equal_fits_under_trainer_options(tmp_path, options):
     epochs = ["--trainer.max_epochs", "10"]
     output_dir = _sweep(tmp_path, [0.5, 3], [2], *epochs, *options)
     _assert_member_equals_fit(output_dir, 3, 2, _fit(tmp_path, 3, 2, *epochs, *options))
@@ -237,6 +267,22 @@ def test_an_earlier_sweep_is_not_overwritten_unless_asked(tmp_path, capsys):
             "--trainer.strategy",
         ),
         (["--trainer.gradient_clip_val", "1.0"], "--trainer.gradient_clip_algorithm"),
+        (
+            ["--trainer.callbacks", "EarlyStopping", "--trainer.callbacks.monitor", "val/loss"],
+            "--trainer.callbacks='EarlyStopping' is not allowed",
+        ),
+        (
+            [
+                "--trainer.callbacks",
+                "StochasticWeightAveraging",
+                "--trainer.callbacks.swa_lrs=0.01",
+            ],
+            "--trainer.callbacks='StochasticWeightAveraging' is not allowed",
+        ),
+        (
+            ["--model.lr_scheduler", "torch.optim.lr_scheduler.ReduceLROnPlateau"],
+            "--model.lr_scheduler='ReduceLROnPlateau' is not allowed",
+        ),
     ],
 )
 def test_bad_sweep_options_get_one_line(tmp_path, monkeypatch, capsys, args, message):
@@ -256,3 +302,11 @@ def test_sweep_members_are_lambda_major_and_checked():
         sweep_members([1.0], [True])
     with pytest.raises(InvalidArgumentError, match="weight_decays"):
         sweep_members([float("nan")], [0])
+
+
+def test_a_gradient_scaler_is_refused_in_a_sweep():
+    # On CPU Lightning turns precision="16-mixed" into bf16; a scaler can still be given.
+    scaler = MixedPrecision("16-mixed", "cpu", scaler=torch.amp.GradScaler("cpu"))
+    trainer = Trainer(accelerator="cpu", plugins=[scaler], logger=False)
+    with pytest.raises(InvalidArgumentError, match=r"trainer\.precision"):
+        check_sweep_trainer(trainer)

@@ -1,10 +1,16 @@
+import re
+from functools import partial
+
 import pytest
 import torch
 from lightning.pytorch import seed_everything
+from lightning.pytorch.callbacks import ModelCheckpoint
 from torch import nn
+from torch.overrides import TorchFunctionMode
 
 from tests.fits import WeightRecorder, quiet_trainer
 from wd_lightning import (
+    BatchMismatchError,
     HalfMSELoss,
     InvalidArgumentError,
     LinearRegression,
@@ -131,19 +137,52 @@ def test_decay_is_applied_once_per_optimizer_step_under_accumulation(accumulate)
         ({"weight_decay": -1.0}, "weight_decay"),
         ({"weight_decay": float("nan")}, "weight_decay"),
         ({"penalty": "both"}, "penalty"),
-        ({"optimizer": lambda p: torch.optim.SGD(p, lr=0.0)}, "optimizer.lr"),
-        ({"optimizer": lambda p: torch.optim.SGD(p, lr=-1.0)}, "optimizer"),
+        ({"optimizer": partial(torch.optim.SGD, lr=0.0)}, "optimizer.lr"),
         (
-            {"optimizer": lambda p: torch.optim.SGD(p, lr=0.1, weight_decay=0.5)},
+            {"optimizer": partial(torch.optim.SGD, lr=0.1, weight_decay=0.5)},
             "optimizer.weight_decay",
         ),
-        ({"optimizer": lambda p: torch.optim.LBFGS(p)}, "optimizer"),
+        ({"optimizer": partial(torch.optim.SGD, lr=0.1, momentun=0.9)}, "optimizer.momentun"),
+        ({"optimizer": torch.optim.Rprop}, "optimizer"),
+        ({"optimizer": "SGD"}, "optimizer"),
     ],
 )
 def test_bad_arguments_fail_at_construction(kwargs, argument):
     with pytest.raises(InvalidArgumentError) as raised:
         WeightDecayModule(nn.Linear(2, 1), **kwargs)
     assert raised.value.argument == argument
+
+
+@pytest.mark.parametrize(
+    ("factory", "argument"),
+    [
+        (lambda p: torch.optim.SGD(p, lr=0.0), "optimizer.lr"),
+        (lambda p: torch.optim.SGD(p, lr=-1.0), "optimizer"),
+        (lambda p: torch.optim.SGD(p, lr=0.1, weight_decay=0.5), "optimizer.weight_decay"),
+        (lambda p: torch.optim.LBFGS(p), "optimizer"),
+    ],
+)
+def test_a_plain_function_factory_is_checked_when_the_optimizer_is_built(factory, argument):
+    # A function shows no arguments before it is called, and it is called only
+    # in configure_optimizers (some optimizers need the training set-up).
+    module = WeightDecayModule(nn.Linear(2, 1), optimizer=factory)
+    with pytest.raises(InvalidArgumentError) as raised:
+        module.configure_optimizers()
+    assert raised.value.argument == argument
+
+
+def test_the_optimizer_is_built_only_in_configure_optimizers_on_the_training_device():
+    calls = []
+
+    def factory(groups):
+        calls.append({p.device.type for group in groups for p in group["params"]})
+        return torch.optim.SGD(groups, lr=0.1)
+
+    module = WeightDecayModule(nn.Linear(2, 1), optimizer=factory)
+    assert calls == []
+    module.to("meta")  # a stand-in for an accelerator: the optimizer must see where it trains
+    module.configure_optimizers()
+    assert calls == [{"meta"}]
 
 
 class _NoWeightDecaySGD(torch.optim.Optimizer):
@@ -222,3 +261,93 @@ def test_a_pattern_matching_nothing_is_reported_under_decay_rules():
     with pytest.raises(InvalidArgumentError) as raised:
         WeightDecayModule(nn.Linear(2, 1), decay_rules=DecayRules(no_decay=("head.*",)))
     assert raised.value.argument == "decay_rules.no_decay"
+
+
+class _HostSyncs(TorchFunctionMode):
+    """Records the tensor methods that copy a value to the host (a stall on an accelerator)."""
+
+    READS = frozenset({"item", "__bool__", "tolist", "__float__", "__int__", "numpy"})
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.reads: list[str] = []
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        if getattr(func, "__name__", "") in self.READS:
+            self.reads.append(func.__name__)
+        return func(*args, **(kwargs or {}))
+
+
+class _SyncCountingRegression(LinearRegression):
+    def __init__(self) -> None:
+        super().__init__(weight_decay=3.0)
+        self.reads_per_step: list[int] = []
+
+    def training_step(self, batch, batch_idx):
+        with _HostSyncs() as syncs:
+            loss = super().training_step(batch, batch_idx)
+        self.reads_per_step.append(len(syncs.reads))
+        return loss
+
+
+def test_training_steps_read_nothing_on_the_host_between_logging_steps():
+    seed_everything(0, verbose=False)
+    module = _SyncCountingRegression()
+    quiet_trainer(max_epochs=3, log_every_n_steps=4).fit(module, SyntheticRegressionDataModule())
+    # 12 steps; the divergence check reads one flag on each logging step (4, 8, 12).
+    assert module.reads_per_step == [0, 0, 0, 1] * 3
+
+
+def test_train_loss_is_there_after_every_step_whatever_log_every_n_steps():
+    seed_everything(0, verbose=False)
+    trainer = quiet_trainer(max_epochs=1, log_every_n_steps=50)
+    trainer.fit(LinearRegression(weight_decay=3.0), SyntheticRegressionDataModule())
+    assert "train/loss" in trainer.callback_metrics
+
+
+def test_divergence_between_logging_steps_never_reaches_a_checkpoint(tmp_path):
+    seed_everything(0, verbose=False)
+    checkpoints = ModelCheckpoint(tmp_path, every_n_train_steps=1, save_top_k=-1)
+    trainer = quiet_trainer(
+        max_epochs=100, log_every_n_steps=50, enable_checkpointing=True, callbacks=[checkpoints]
+    )
+    module = LinearRegression(weight_decay=1000.0)
+    with pytest.raises(TrainingDivergedError, match=r"diverged at step (\d+)") as raised:
+        trainer.fit(module, SyntheticRegressionDataModule())
+    first = int(re.search(r"step (\d+)", str(raised.value)).group(1))
+    # Named exactly, though only read at the next logging step (or checkpoint).
+    assert first % 50 != 0 and trainer.global_step <= first + 1
+    saved = sorted(tmp_path.glob("*.ckpt"))
+    assert saved  # the finite steps were saved
+    for path in saved:
+        state = torch.load(path, weights_only=True)["state_dict"]
+        assert all(torch.isfinite(value).all() for value in state.values()), path.name
+
+
+class _OutOfRangeGather(nn.Module):
+    """A model bug: gathers column 5 of a 3-wide activation."""
+
+    def forward(self, hidden):
+        index = torch.full((hidden.shape[0], 1), 5)
+        return torch.gather(hidden, 1, index)
+
+
+@pytest.mark.parametrize(
+    "model",
+    [
+        nn.Sequential(nn.Linear(4, 3), _OutOfRangeGather()),
+        nn.Sequential(nn.Linear(4, 3), nn.Linear(5, 1)),  # layers that do not fit each other
+    ],
+    ids=["gather-out-of-range", "inner-layers-mismatch"],
+)
+def test_an_error_inside_the_model_keeps_its_own_type_and_traceback(model):
+    module = WeightDecayModule(model)
+    with pytest.raises(RuntimeError) as raised:
+        module.training_step((torch.zeros(5, 4), torch.zeros(5, 1)), 0)
+    assert not isinstance(raised.value, BatchMismatchError)
+
+
+def test_a_mismatch_at_the_models_input_is_reported_as_the_data():
+    module = WeightDecayModule(nn.Sequential(nn.Linear(4, 3), nn.Linear(3, 1)))
+    with pytest.raises(BatchMismatchError, match=r"inputs of shape \(5, 6\) do not fit: layer '0'"):
+        module.training_step((torch.zeros(5, 6), torch.zeros(5, 1)), 0)

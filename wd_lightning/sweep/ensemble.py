@@ -7,11 +7,18 @@ member dimension, runs the model over all members with ``torch.func.vmap``,
 and steps one optimizer over the stacked tensors. That is exact for
 element-wise optimizers (SGD, Adam and their relatives): each element of a
 stacked tensor follows the same update it would in a fit of its own. λ is the
-only per-member setting; it is applied in :meth:`on_before_optimizer_step`,
-the way torch applies ``weight_decay``:
+only per-member setting, applied where a fit applies it:
 
-* coupled (SGD, Adam, ..., and ``penalty="loss"``): ``grad += λ·w``;
-* decoupled (AdamW, ``decoupled_weight_decay=True``): ``w *= 1 − lr·λ``.
+* ``penalty="loss"``: λ/2·‖w‖² is added to each member's loss, so gradient
+  clipping sees it, as in the fit;
+* coupled ``weight_decay`` (SGD, Adam, ...): ``grad += λ·w`` after gradient
+  clipping, right before the optimizer step, as torch adds it inside the step;
+* decoupled (AdamW, ``decoupled_weight_decay=True``): ``w *= 1 − lr·λ``, at
+  the same point.
+
+Decay is thus applied once per optimizer step, after gradient accumulation.
+Trainer options under which a member could not equal its fit are refused
+when the fit starts (see :meth:`on_fit_start`).
 
 Members never mix: the summed loss gives each its own gradient, and a member
 whose loss turns non-finite is recorded as diverged and dropped from the sum
@@ -29,12 +36,19 @@ from __future__ import annotations
 import copy
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any
 
 import torch
-from lightning.pytorch import LightningModule
+from lightning.pytorch import LightningModule, Trainer
+from lightning.pytorch.callbacks import (
+    DeviceStatsMonitor,
+    LearningRateMonitor,
+    StochasticWeightAveraging,
+)
 from torch import Tensor, nn
 from torch.optim import Optimizer
+from torch.optim.lr_scheduler import ReduceLROnPlateau
 
 from wd_lightning.core.errors import InvalidArgumentError
 from wd_lightning.core.losses import HalfMSELoss, half_mse_per_member
@@ -43,7 +57,13 @@ from wd_lightning.core.timescale import GroupDecay, InitialWeightFactor, group_d
 from wd_lightning.training.cadence import logged_step, logs_this_step
 from wd_lightning.training.module import WeightDecayModule
 
-__all__ = ["ELEMENTWISE_OPTIMIZERS", "EnsembleRecord", "WeightDecayEnsemble"]
+__all__ = [
+    "ELEMENTWISE_OPTIMIZERS",
+    "EnsembleRecord",
+    "WeightDecayEnsemble",
+    "check_sweep_trainer",
+    "is_decoupled",
+]
 
 #: Optimizers whose update of each element depends on that element alone (plus
 #: the step count), so that stacking members into one tensor changes nothing.
@@ -143,6 +163,11 @@ class WeightDecayEnsemble(LightningModule):
         for index, name in enumerate(self.buffer_names):
             self.register_buffer(f"stacked_buffer_{index}", _stack(members, name, "buffer"))
 
+        factory = template.lr_scheduler_factory
+        # A config's scheduler is a partial of its class: refused before anything is written.
+        _check_scheduler(
+            factory.args[-1] if isinstance(factory, partial) and factory.args else factory
+        )
         self.groups = self._group_names(template)
         self.decay_factors = {
             name: torch.tensor([_decay_of(member, name) for member in members], dtype=torch.float64)
@@ -162,6 +187,7 @@ class WeightDecayEnsemble(LightningModule):
         self._val_sum: Tensor | None = None
         self._val_count = 0
         self._coupled = True
+        self._decay_plan: dict[int, Tensor] | None = None
 
     # ------------------------------------------------------------ structure
     @property
@@ -219,6 +245,22 @@ class WeightDecayEnsemble(LightningModule):
             params, self.stacked_buffers(), inputs
         )
 
+    def member_penalties(self) -> Tensor:
+        """λ/2·‖w‖² of every member's decayed weights, shape ``(members,)``.
+
+        What ``penalty="loss"`` adds to each member's loss (zeros otherwise).
+        """
+        total = torch.zeros(self.num_members, device=self.alive.device)
+        if self._template.penalty != "loss":
+            return total
+        params = self.stacked_parameters()
+        for name, factors in self.decay_factors.items():
+            if factors.any():
+                param = params[name]
+                squares = param.square().flatten(1).sum(1)
+                total = total + 0.5 * factors.to(param.device, squares.dtype) * squares
+        return total
+
     def member_losses(self, inputs: Tensor, targets: Tensor) -> Tensor:
         """The loss of every member on one batch, shape ``(members,)``."""
         return self._losses(self(inputs), targets)
@@ -249,19 +291,34 @@ class WeightDecayEnsemble(LightningModule):
             raise InvalidArgumentError(
                 "optimizer", kind, "an element-wise optimizer: " + ", ".join(ELEMENTWISE_OPTIMIZERS)
             )
-        self._coupled = template.penalty == "loss" or not optimizer.defaults.get(
-            "decoupled_weight_decay", False
-        )
+        # Coupled: λ·w joins the gradient (the optimizer's coupled decay, or the loss's penalty).
+        self._coupled = template.penalty == "loss" or not is_decoupled(optimizer)
         self.init_remaining = self._initial_weight_factors(optimizer)
         if template.lr_scheduler_factory is None:
             return optimizer
-        return {"optimizer": optimizer, "lr_scheduler": template.lr_scheduler_factory(optimizer)}
+        scheduler = template.lr_scheduler_factory(optimizer)
+        _check_scheduler(type(scheduler))
+        return {"optimizer": optimizer, "lr_scheduler": scheduler}
 
     def on_fit_start(self) -> None:
+        """Refuse trainer options under which a member would not equal its own fit.
+
+        * gradient clipping by norm: a norm over a stacked tensor mixes members;
+        * a gradient scaler (``precision="16-mixed"``): one member's overflow
+          would skip every member's step;
+        * callbacks that follow one metric (``ModelCheckpoint(monitor=...)``,
+          ``EarlyStopping``): each member has its own;
+        * ``StochasticWeightAveraging``: its averaged copy of the module holds
+          no per-member decay.
+        """
+        check_sweep_trainer(self.trainer)
+        self._decay_plan = None  # rebuilt on the device the fit runs on
+
+    def _make_decay_plan(self) -> dict[int, Tensor]:
         # Per-member λ shaped to broadcast over each stacked parameter, kept in
         # float64 so that 1 − lr·λ rounds as torch's own (double) arithmetic does.
         params = self.stacked_parameters()
-        self._decay_plan = {
+        return {
             id(params[name]): factors.to(params[name].device).view(
                 -1, *([1] * (params[name].ndim - 1))
             )
@@ -307,6 +364,33 @@ class WeightDecayEnsemble(LightningModule):
         for group in optimizer.param_groups:
             for factor in self.init_remaining.get(group.get("name"), []):
                 factor.step(group["lr"])
+
+    def configure_gradient_clipping(
+        self,
+        optimizer: Optimizer,
+        gradient_clip_val: float | None = None,
+        gradient_clip_algorithm: str | None = None,
+    ) -> None:
+        """Clip as configured, then apply each member's decay.
+
+        Lightning calls this once per optimizer step, after the gradients are
+        accumulated and right before ``optimizer.step()``: where torch applies
+        ``weight_decay`` in a fit, so clipping never sees λ·w.
+        """
+        if gradient_clip_val:
+            self.clip_gradients(optimizer, gradient_clip_val, gradient_clip_algorithm)
+        self.apply_decay(optimizer)
+
+    @torch.no_grad()
+    def apply_decay(self, optimizer: Optimizer) -> None:
+        """Each member's ``weight_decay`` on the stacked tensors, as torch's step would apply it.
+
+        Nothing under ``penalty="loss"``, where the loss carries λ.
+        """
+        if self._template.penalty == "loss":
+            return
+        if self._decay_plan is None:
+            self._decay_plan = self._make_decay_plan()
         for group in optimizer.param_groups:
             for param in group["params"]:
                 factors = self._decay_plan.get(id(param))
@@ -338,8 +422,9 @@ class WeightDecayEnsemble(LightningModule):
             self.record.last_train_loss = detached
             if self.writers is not None:
                 self._write({"train/loss": detached}, logged_step(self.trainer))
+        objectives = losses + self.member_penalties()
         # A diverged member leaves the sum, so its non-finite loss cannot reach the others.
-        return torch.where(self.alive, losses, torch.zeros_like(losses)).sum()
+        return torch.where(self.alive, objectives, torch.zeros_like(objectives)).sum()
 
     def on_train_epoch_end(self) -> None:
         if self._epoch_loss_sum is not None and self._epoch_batches:
@@ -419,6 +504,72 @@ class WeightDecayEnsemble(LightningModule):
         for writer, row, is_alive in zip(self.writers, table, alive, strict=True):
             if is_alive:
                 writer.add_scalars(dict(zip(tags, row, strict=True)), step)
+
+
+def is_decoupled(optimizer: Optimizer) -> bool:
+    """Whether ``optimizer`` applies ``weight_decay`` as ``w *= 1 − lr·λ`` (AdamW's rule).
+
+    ``AdamW`` carries ``decoupled_weight_decay`` in its defaults only since
+    torch 2.7, where it became a subclass of ``Adam``; before, the class itself
+    is the sign. Adam, NAdam and RAdam take the flag as an argument.
+
+    Example:
+        >>> import torch
+        >>> params = [torch.zeros(1, requires_grad=True)]
+        >>> is_decoupled(torch.optim.AdamW(params)), is_decoupled(torch.optim.Adam(params))
+        (True, False)
+    """
+    return isinstance(optimizer, torch.optim.AdamW) or bool(
+        optimizer.defaults.get("decoupled_weight_decay", False)
+    )
+
+
+def check_sweep_trainer(trainer: Trainer) -> None:
+    """Refuse the trainer options a vectorised sweep cannot honour (see ``on_fit_start``)."""
+    if trainer.gradient_clip_val and trainer.gradient_clip_algorithm != "value":
+        raise InvalidArgumentError(
+            "trainer.gradient_clip_algorithm",
+            trainer.gradient_clip_algorithm,
+            "'value' in a sweep (norm clipping would mix the members)",
+        )
+    if getattr(trainer.precision_plugin, "scaler", None) is not None:
+        raise InvalidArgumentError(
+            "trainer.precision",
+            trainer.precision,
+            "a precision without a gradient scaler in a sweep, e.g. 'bf16-mixed' or "
+            "'32-true' (the scaler would skip every member's step when one overflows)",
+        )
+    for callback in trainer.callbacks:
+        if getattr(callback, "monitor", None) is not None:
+            raise InvalidArgumentError(
+                "trainer.callbacks",
+                type(callback).__name__,
+                f"callbacks that follow no single metric in a sweep ({callback.monitor!r} "
+                "differs between members; each member's run holds its own)",
+            )
+        if isinstance(callback, (LearningRateMonitor, DeviceStatsMonitor)):
+            raise InvalidArgumentError(
+                "trainer.callbacks",
+                type(callback).__name__,
+                "callbacks that need no Lightning logger in a sweep (it writes one run per "
+                "member itself, and the trainer has no logger)",
+            )
+        if isinstance(callback, StochasticWeightAveraging):
+            raise InvalidArgumentError(
+                "trainer.callbacks",
+                type(callback).__name__,
+                "no weight averaging in a sweep (its averaged copy has no per-member decay)",
+            )
+
+
+def _check_scheduler(kind: Any) -> None:
+    if isinstance(kind, type) and issubclass(kind, ReduceLROnPlateau):
+        raise InvalidArgumentError(
+            "lr_scheduler",
+            kind.__name__,
+            "a schedule that follows no metric in a sweep: one scheduler steps every "
+            "member, and each member's metric is its own",
+        )
 
 
 def _stack(members: Sequence[WeightDecayModule], name: str, kind: str) -> Tensor:

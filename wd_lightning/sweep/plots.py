@@ -61,11 +61,9 @@ def write_figures(
             raise InvalidArgumentError(
                 "output_dir", str(output_dir), f"a sweep's folder (it has no {name}.csv)"
             )
-    # Imported here, with a file-only backend: drawing must work on machines without a display.
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    # Figures made directly, not through pyplot: no backend is chosen or switched (a
+    # notebook keeps its inline plots), no display is needed, and nothing is left open.
+    from matplotlib.figure import Figure
 
     summary = read_table(tables["summary"])
     curves = read_table(tables["curves"])
@@ -75,17 +73,16 @@ def write_figures(
     folder.mkdir(exist_ok=True)
     paths = [folder / name for name in FIGURES]
     figures = [
-        _loss_curves(plt, curves, shown),
-        _against_weight_decay(plt, summary, ridge, "val_loss", "held-out ½-loss"),
-        _against_weight_decay(plt, summary, ridge, "weight_norm", "‖w‖₂"),
+        _loss_curves(Figure, curves, shown),
+        _against_weight_decay(Figure, summary, ridge, "val_loss", "held-out ½-loss"),
+        _against_weight_decay(Figure, summary, ridge, "weight_norm", "‖w‖₂"),
     ]
     # The models' own validation metrics (val_accuracy, ...), one figure each.
     for column in _metric_columns(summary):
         paths.append(folder / f"{column}_vs_weight_decay.png")
-        figures.append(_metric_against_weight_decay(plt, summary, column))
+        figures.append(_metric_against_weight_decay(Figure, summary, column))
     for figure, path in zip(figures, paths, strict=True):
         figure.savefig(path, dpi=110)
-        plt.close(figure)
     return paths
 
 
@@ -94,9 +91,12 @@ def _metric_columns(summary: list[dict[str, Any]]) -> list[str]:
     return [c for c in columns if c.startswith("val_") and c != "val_loss"]
 
 
-def _metric_against_weight_decay(plt: Any, summary: list[dict[str, Any]], column: str) -> Any:
+def _metric_against_weight_decay(
+    figure_class: Any, summary: list[dict[str, Any]], column: str
+) -> Any:
     """A validation metric and the held-out loss against λ, each λ's tick labelled with its τ."""
-    figure, axes = plt.subplots(1, 2, figsize=(11.0, 4.2))
+    figure = figure_class(figsize=(11.0, 4.2))
+    axes = figure.subplots(1, 2)
     for axis, shown, label, log in (
         (axes[0], column, f"held-out {column.removeprefix('val_')}", False),
         (axes[1], "val_loss", "held-out loss (the training loss function)", True),
@@ -160,9 +160,10 @@ def _shown(summary: list[dict[str, Any]], requested: Sequence[float] | None) -> 
     return sorted({trained[0], trained[-1]})
 
 
-def _loss_curves(plt: Any, curves: list[dict[str, Any]], shown: list[float]) -> Any:
+def _loss_curves(figure_class: Any, curves: list[dict[str, Any]], shown: list[float]) -> Any:
     columns = max(len(shown), 1)
-    figure, axes = plt.subplots(1, columns, figsize=(4.6 * columns, 3.6), squeeze=False)
+    figure = figure_class(figsize=(4.6 * columns, 3.6))
+    axes = figure.subplots(1, columns, squeeze=False)
     for axis, weight_decay in zip(axes[0], shown, strict=False):
         by_seed: dict[int, list[dict[str, Any]]] = defaultdict(list)
         for row in curves:
@@ -194,9 +195,14 @@ def _loss_curves(plt: Any, curves: list[dict[str, Any]], shown: list[float]) -> 
 
 
 def _against_weight_decay(
-    plt: Any, summary: list[dict[str, Any]], ridge: list[dict[str, Any]], column: str, label: str
+    figure_class: Any,
+    summary: list[dict[str, Any]],
+    ridge: list[dict[str, Any]],
+    column: str,
+    label: str,
 ) -> Any:
-    figure, axis = plt.subplots(figsize=(6.4, 4.2))
+    figure = figure_class(figsize=(6.4, 4.2))
+    axis = figure.subplots()
     by_wd: dict[float, list[float]] = defaultdict(list)
     diverged = sorted({row["weight_decay"] for row in summary if row["status"] != "ok"})
     for row in summary:

@@ -50,7 +50,7 @@ from wd_lightning.sweep.distributed import (
     gather_to_rank_zero,
     member_share,
 )
-from wd_lightning.sweep.ensemble import WeightDecayEnsemble
+from wd_lightning.sweep.ensemble import WeightDecayEnsemble, check_sweep_trainer
 from wd_lightning.training.hparams import log_final_hparams
 from wd_lightning.training.module import WeightDecayModule, steps_per_epoch_of
 from wd_lightning.training.scalar_runs import ScalarRuns
@@ -186,6 +186,8 @@ def run_sweep(
             :class:`~wd_lightning.sweep.distributed.MemberParallelStrategy`
             and global rank zero writes the tables (see the README); call it
             from a script, which Lightning's launcher runs once per process.
+            Options under which a member could not equal its fit are refused
+            (see :meth:`~wd_lightning.sweep.ensemble.WeightDecayEnsemble.on_fit_start`).
         overwrite: replace the files of an earlier sweep in ``output_dir``.
 
     Example:
@@ -214,15 +216,17 @@ def run_sweep(
     share = member_share(len(members), rank, world_size)
     local = members[share.start : share.stop]
     modules, initial, described_by = _build_members(build_module, local)
+    # Built before the writers: a configuration it refuses leaves no runs behind.
+    ensemble = WeightDecayEnsemble(modules)
+    del modules  # the ensemble holds the stacked copies; the members can go
     writers = ScalarRuns(
         [output_dir / "runs" / member.run_name for member in local], flush_seconds=FLUSH_SECONDS
     )
+    ensemble.writers = writers
     part = output_dir / ("curves.csv" if world_size == 1 else f"curves.csv.rank{rank}")
     curves = CurveStream(part, local, header=world_size == 1)
     trainer.callbacks.append(curves)
     try:
-        ensemble = WeightDecayEnsemble(modules, writers)
-        del modules  # the ensemble holds the stacked copies; the members can go
         trainer.fit(ensemble, datamodule)
         rows = _summary_rows(local, ensemble, trainer, initial)
         problem = _linear_problem(ensemble, datamodule)
@@ -442,13 +446,7 @@ def _sweep_trainer(trainer_kwargs: dict[str, Any]) -> Trainer:
                 "members across the processes (without averaging anything)",
             )
         trainer = Trainer(**{**kwargs, "strategy": MemberParallelStrategy()})
-    if trainer.gradient_clip_val and trainer.gradient_clip_algorithm != "value":
-        # A norm over a stacked tensor would mix the members' gradients.
-        raise InvalidArgumentError(
-            "trainer.gradient_clip_algorithm",
-            trainer.gradient_clip_algorithm,
-            "'value' in a sweep (norm clipping would mix the members)",
-        )
+    check_sweep_trainer(trainer)
     return trainer
 
 

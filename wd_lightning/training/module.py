@@ -19,6 +19,7 @@ from lightning.pytorch.strategies import ModelParallelStrategy
 from lightning.pytorch.utilities import rank_zero_info
 from torch import Tensor, nn
 from torch.optim import Optimizer
+from torch.optim.lr_scheduler import ReduceLROnPlateau
 from torchmetrics import Metric, MetricCollection
 
 from wd_lightning.core.errors import (
@@ -35,6 +36,11 @@ from wd_lightning.core.norms import squared_norms
 from wd_lightning.core.sharding import is_sharded
 from wd_lightning.training.cadence import logs_this_step
 from wd_lightning.training.checkpoints import is_local_path, read_checkpoint
+from wd_lightning.training.compat import (
+    initial_hparams,
+    restricted_classmethod,
+    searching_learning_rate,
+)
 
 __all__ = ["Penalty", "WeightDecayModule", "steps_per_epoch_of"]
 
@@ -42,11 +48,8 @@ Penalty = Literal["optimizer", "loss"]
 
 # torch's wording when a tensor's size or type does not suit an operation.
 _MISMATCH = re.compile(r"shape|size|dimension|channels|elements|dtype|scalar type", re.IGNORECASE)
-
-try:  # Lightning's guard against calling load_from_checkpoint on an instance
-    from lightning.pytorch.utilities.model_helpers import _restricted_classmethod
-except ImportError:  # pragma: no cover - other Lightning versions
-    _restricted_classmethod = classmethod
+# ... and when an index does not: a model's own bug even when it mentions a size.
+_INDEX_ERROR = re.compile(r"\bindex\b|out of (bounds|range)", re.IGNORECASE)
 
 
 class WeightDecayModule(LightningModule):
@@ -58,6 +61,11 @@ class WeightDecayModule(LightningModule):
     stay. Logged: ``train/loss`` and ``val/loss`` (the data term, without any
     penalty) and ``val/<metric>`` for each entry of ``val_metrics`` (and
     ``test/loss``, ``test/<metric>`` when testing).
+    ``train/loss`` is logged on every step, so callbacks and schedulers can
+    monitor it (Lightning writes it to the loggers every ``log_every_n_steps``);
+    a non-finite training loss raises :class:`TrainingDivergedError` at the next
+    logging step, checkpoint, validation or end of training, whichever comes
+    first, naming the step where it happened.
 
     With ``penalty="optimizer"`` λ is passed as the optimizer's ``weight_decay``.
     With ``penalty="loss"`` the groups get ``weight_decay=0`` and λ/2·‖w‖² of the
@@ -71,7 +79,9 @@ class WeightDecayModule(LightningModule):
         weight_decay: λ, a finite number >= 0.
         optimizer: called with the parameter groups; defaults to SGD with lr 0.003.
             Set λ here through ``weight_decay``, never in the optimizer's own arguments.
-        lr_scheduler: optional, called with the optimizer.
+        lr_scheduler: optional, called with the optimizer. A ``ReduceLROnPlateau``
+            follows its ``monitor`` attribute (``lightning.pytorch.cli.ReduceLROnPlateau``
+            takes one, e.g. ``"train/loss"``), by default ``"val/loss"``.
         penalty: ``"optimizer"`` or ``"loss"`` (see above).
         loss: maps ``(predictions, targets)`` to a scalar; defaults to :class:`HalfMSELoss`.
         val_metrics: torchmetrics logged as ``val/<name>`` on the validation set,
@@ -111,7 +121,7 @@ class WeightDecayModule(LightningModule):
         self.save_hyperparameters(
             ignore=["model", "optimizer", "lr_scheduler", "loss", "val_metrics", "decay_rules"]
         )
-        _plain_numbers(self.hparams, self._hparams_initial)
+        _plain_numbers(self.hparams, initial_hparams(self))
         self.model = model
         self.loss = loss if loss is not None else HalfMSELoss()
         self.val_metrics = MetricCollection(dict(val_metrics or {}), prefix="val/")
@@ -121,15 +131,22 @@ class WeightDecayModule(LightningModule):
         self.lr_scheduler_factory = lr_scheduler
         self.decay_rules = decay_rules or DecayRules()
         self._penalty_groups: list[tuple[float, list[nn.Parameter]]] = []
-        self.param_groups_report: ParamGroupsReport | None = None
-        # Build the optimizer once now so that a bad optimizer or learning rate is
-        # reported at construction, before a trainer creates any run directory.
-        self._build_optimizer()
+        self.param_groups_report: ParamGroupsReport = self._explain_groups()
+        # The optimizer itself is built in configure_optimizers only: some need the
+        # training set-up (a process group for ZeroRedundancyOptimizer, the device
+        # for fused kernels). What can be checked without building it is checked
+        # now, before a trainer creates any run directory.
+        _check_factory(self.optimizer_factory, needs_weight_decay=penalty == "optimizer")
+        # Divergence is tracked on the device and read on logging steps only (see
+        # training_step): the first step whose loss was not finite, and that loss.
+        self._diverged_step: Tensor | None = None
+        self._diverged_loss: Tensor | None = None
+        self._sync_loss_every_step = False
 
     def forward(self, inputs: Tensor) -> Tensor:
         return self.model(inputs)
 
-    @_restricted_classmethod
+    @restricted_classmethod
     def load_from_checkpoint(
         cls,
         checkpoint_path: str | os.PathLike | IO,
@@ -216,11 +233,9 @@ class WeightDecayModule(LightningModule):
         fully_shard(self.model, mesh=self.device_mesh["data_parallel"])
 
     # ----------------------------------------------------------------- optimizer
-    def _build_optimizer(self) -> Optimizer:
+    def _explain_groups(self) -> ParamGroupsReport:
         try:
-            self.param_groups_report = explain_param_groups(
-                self.model, self.weight_decay, self.decay_rules
-            )
+            report = explain_param_groups(self.model, self.weight_decay, self.decay_rules)
         except InvalidArgumentError as error:
             if error.argument.split(".")[0] not in DecayRules.__dataclass_fields__:
                 raise
@@ -228,17 +243,21 @@ class WeightDecayModule(LightningModule):
             raise InvalidArgumentError(
                 f"decay_rules.{error.argument}", error.value, error.allowed
             ) from None
-        groups = self.param_groups_report.groups
-        if not any(group["params"] for group in groups):
+        if not any(group["params"] for group in report.groups):
             raise InvalidArgumentError(
                 "model", type(self.model).__name__, "a model with at least one trainable parameter"
             )
         if self.penalty == "loss":
+            self._penalty_groups = [(g["weight_decay"], g["params"]) for g in report.groups]
+        return report
+
+    def _build_optimizer(self) -> Optimizer:
+        # Regrouped now: the parameters may have moved or been sharded since construction.
+        self.param_groups_report = self._explain_groups()
+        groups = self.param_groups_report.groups
+        if self.penalty == "loss":
             # The loss carries λ; the optimizer must not apply it a second time.
-            self._penalty_groups = [(g["weight_decay"], g["params"]) for g in groups]
             groups = [{**group, "weight_decay": 0.0} for group in groups]
-        # A factory from a config is a partial: check its lr before torch words it its own way.
-        _check_lr(getattr(self.optimizer_factory, "keywords", {}).get("lr"))
         try:
             optimizer = self.optimizer_factory(groups)
         except (ValueError, TypeError) as error:
@@ -252,7 +271,14 @@ class WeightDecayModule(LightningModule):
         optimizer = self._build_optimizer()
         if self.lr_scheduler_factory is None:
             return optimizer
-        return {"optimizer": optimizer, "lr_scheduler": self.lr_scheduler_factory(optimizer)}
+        scheduler = self.lr_scheduler_factory(optimizer)
+        if isinstance(scheduler, ReduceLROnPlateau):
+            # Lightning steps a plateau scheduler with the metric it is told to follow:
+            # the scheduler's own ``monitor`` (lightning.pytorch.cli.ReduceLROnPlateau
+            # takes one), else the held-out loss.
+            monitor = getattr(scheduler, "monitor", None) or "val/loss"
+            return {"optimizer": optimizer, "lr_scheduler": scheduler, "monitor": monitor}
+        return {"optimizer": optimizer, "lr_scheduler": scheduler}
 
     def penalty_term(self) -> Tensor:
         """Σ over groups of λ_g/2·‖w_g‖²: what ``penalty="loss"`` adds to the training loss."""
@@ -275,18 +301,40 @@ class WeightDecayModule(LightningModule):
     def training_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor:
         inputs, targets = batch
         data_loss = self.loss(self._predict(inputs), targets)
-        if not torch.isfinite(data_loss):
-            self._raise_diverged(data_loss)
-        # self.log is costly next to a tiny model's step: call it only when Lightning
-        # will write the value (the same rule it applies itself), not on every step.
-        # Under DDP each process holds a shard of the global batch: sync_dist averages
-        # the shards' losses (an all-reduce on logging steps only), so the logged
-        # value is the global batch's loss, not rank zero's share of it.
-        if self._trainer is None or logs_this_step(self.trainer):
-            self.log("train/loss", data_loss, batch_size=len(inputs), sync_dist=True)
+        self._record_training_loss(data_loss.detach(), len(inputs))
         if self.penalty == "loss":
             return data_loss + self.penalty_term()
         return data_loss
+
+    def predict_step(self, batch: Any, batch_idx: int, dataloader_idx: int = 0) -> Tensor:
+        """The model's predictions for ``inputs``, or for ``(inputs, targets)`` (targets unused)."""
+        inputs = batch[0] if isinstance(batch, (tuple, list)) else batch
+        return self._predict(inputs)
+
+    # Bookkeeping, not maths: kept out of torch.compile graphs (trainer state and
+    # logging would break or re-specialise them on every step).
+    @torch.compiler.disable
+    def _record_training_loss(self, loss: Tensor, batch_size: int) -> None:
+        writes = self._trainer is None or logs_this_step(self.trainer)
+        self._track_divergence(loss)
+        if writes:
+            # Read on the host only where the loggers read the loss anyway: a check
+            # on every step would stall an accelerator once per step.
+            self._stop_if_diverged()
+        # Logged on every step, so that ModelCheckpoint, EarlyStopping and
+        # ReduceLROnPlateau find it whatever log_every_n_steps is; Lightning writes
+        # it to the loggers on logging steps only.
+        if (
+            self._trainer is not None
+            and self.trainer.world_size > 1
+            and (writes or self._sync_loss_every_step or self.trainer.is_last_batch)
+        ):
+            # Under DDP each process holds a shard of the global batch: averaging the
+            # shards' losses makes the value that of the global batch. One all-reduce
+            # where the value is written or read (logging steps, the epoch's end, and
+            # every step when a callback or scheduler monitors it), not on every step.
+            loss = self.trainer.strategy.reduce(loss, reduce_op="mean")
+        self.log("train/loss", loss, batch_size=batch_size)
 
     def validation_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:
         self._evaluate(batch, "val")
@@ -306,11 +354,18 @@ class WeightDecayModule(LightningModule):
             metrics.update(predictions, targets)
 
     def _predict(self, inputs: Tensor) -> Tensor:
-        """``self(inputs)``, with a size or type mismatch reported as the data against the model."""
+        """``self(inputs)``, with a mismatch at the model's input reported as the data's fault.
+
+        Only an error about a size or type, raised by the operation that first
+        takes the inputs, is a :class:`BatchMismatchError` (a one-line user
+        error in the CLI). Anything deeper in the model, such as an
+        out-of-range ``gather`` or two layers that do not fit each other, is
+        the model's bug and keeps its traceback.
+        """
         try:
             return self(inputs)
         except RuntimeError as error:
-            if isinstance(error, torch.OutOfMemoryError) or not _MISMATCH.search(str(error)):
+            if not _is_input_mismatch(inputs, error):
                 raise
             raise BatchMismatchError(
                 "inputs", tuple(inputs.shape), _rejected_by(self.model, inputs, error)
@@ -331,16 +386,61 @@ class WeightDecayModule(LightningModule):
             self.log_dict(self.test_metrics.compute(), sync_dist=True)
             self.test_metrics.reset()
 
-    def _raise_diverged(self, loss: Tensor) -> None:
-        lr = self.trainer.optimizers[0].param_groups[0]["lr"] if self._trainer else float("nan")
-        raise TrainingDivergedError(
-            f"training diverged at step {self.global_step}: the training loss is {loss.item()} "
-            f"with learning rate {lr} and weight_decay {self.weight_decay} "
-            f"(lr·weight_decay = {lr * self.weight_decay:.3g}; SGD diverges once it nears 2); "
-            "lower the learning rate or weight_decay"
+    # ------------------------------------------------------------- divergence
+    def _track_divergence(self, loss: Tensor) -> None:
+        """Remember, on the device and without a host sync, the first non-finite loss."""
+        if self._diverged_step is None or self._diverged_step.device != loss.device:
+            self._diverged_step = torch.full((), -1, dtype=torch.long, device=loss.device)
+            self._diverged_loss = torch.zeros((), dtype=loss.dtype, device=loss.device)
+        first = ~torch.isfinite(loss) & (self._diverged_step < 0)
+        self._diverged_step = torch.where(first, self.global_step, self._diverged_step)
+        self._diverged_loss = torch.where(
+            first, loss.to(self._diverged_loss.dtype), self._diverged_loss
         )
 
+    def _stop_if_diverged(self) -> None:
+        """Raise :class:`TrainingDivergedError` if a loss since the last check was not finite.
+
+        Called on logging steps, before a checkpoint is written, before
+        validation and when training ends: non-finite weights never reach a
+        checkpoint, and a fit never ends quietly with them.
+        """
+        if self._diverged_step is None or self._searching_learning_rate():
+            return
+        step = int(self._diverged_step)  # the one host sync
+        if step < 0:
+            return
+        lr = self.trainer.optimizers[0].param_groups[0]["lr"] if self._trainer else float("nan")
+        raise TrainingDivergedError(
+            f"training diverged at step {step}: the training loss is "
+            f"{self._diverged_loss.item()} with learning rate {lr} and weight_decay "
+            f"{self.weight_decay} (lr·weight_decay = {lr * self.weight_decay:.3g}; SGD diverges "
+            "once it nears 2); lower the learning rate or weight_decay"
+        )
+
+    def _searching_learning_rate(self) -> bool:
+        # A learning-rate search (Tuner.lr_find, LearningRateFinder) raises the rate
+        # until the loss blows up on purpose, then restores the weights it started from.
+        return self._trainer is not None and searching_learning_rate(self.trainer)
+
+    def on_validation_start(self) -> None:
+        self._stop_if_diverged()
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        self._stop_if_diverged()
+
+    def on_train_end(self) -> None:
+        self._stop_if_diverged()
+
     # ------------------------------------------------------------- TensorBoard
+    def on_fit_start(self) -> None:
+        self._diverged_step = self._diverged_loss = None
+        # A monitored value is read by its consumer after any step, not only on
+        # logging steps: it must then be the global batch's loss on every step.
+        monitors = [getattr(callback, "monitor", None) for callback in self.trainer.callbacks]
+        monitors += [config.monitor for config in self.trainer.lr_scheduler_configs]
+        self._sync_loss_every_step = "train/loss" in monitors
+
     def on_train_start(self) -> None:
         # Here rather than at on_fit_start: the training loader is set up, so τ
         # can be given in epochs as well as in steps.
@@ -380,6 +480,24 @@ def _plain_numbers(*hparams: dict[str, Any]) -> None:
                 mapping[key] = float(value)
 
 
+def _is_input_mismatch(inputs: Tensor, error: RuntimeError) -> bool:
+    """Whether ``error`` is a size or type mismatch raised where the inputs themselves go in.
+
+    The innermost Python frame of the traceback made the failing call; it
+    holds the very ``inputs`` tensor only when it passed them on unchanged
+    (the first layer's ``forward``, or a top-level ``view`` of the inputs).
+    """
+    if isinstance(error, torch.OutOfMemoryError):
+        return False
+    message = str(error)
+    if not _MISMATCH.search(message) or _INDEX_ERROR.search(message):
+        return False
+    frames = [frame for frame, _ in traceback.walk_tb(error.__traceback__)]
+    if len(frames) < 2:  # raised in _predict itself: not by the model
+        return False
+    return any(value is inputs for value in frames[-1].f_locals.values())
+
+
 def _rejected_by(model: nn.Module, inputs: Tensor, error: RuntimeError) -> str:
     """Which layer of ``model`` raised ``error``, and torch's words for what did not fit."""
     names = {id(module): name for name, module in model.named_modules()}
@@ -413,6 +531,50 @@ def _factory_name(factory: Any) -> str:
     return getattr(target, "__name__", repr(target))
 
 
+def _check_factory(factory: Any, needs_weight_decay: bool) -> None:
+    """Check an optimizer factory's arguments without calling it.
+
+    A factory from a config (a ``functools.partial`` of the optimizer class)
+    or an optimizer class shows its arguments: a bad lr, an argument the class
+    does not take, or a ``weight_decay`` that the groups would override is
+    reported now. A plain function shows nothing; it is checked when
+    ``configure_optimizers`` builds the optimizer.
+    """
+    if not callable(factory):
+        raise InvalidArgumentError("optimizer", factory, "a callable taking parameter groups")
+    target, keywords = factory, {}
+    if isinstance(factory, functools.partial):
+        # A config's optimizer: a partial with the class as its last positional argument.
+        target = factory.args[-1] if factory.args else factory.func
+        keywords = dict(factory.keywords)
+    if not (isinstance(target, type) and issubclass(target, Optimizer)):
+        return
+    _check_lr(keywords.get("lr"))
+    try:
+        parameters = inspect.signature(target).parameters
+    except (TypeError, ValueError):  # pragma: no cover - a class without a signature
+        return
+    name = target.__name__
+    takes_any = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters.values())
+    unknown = [key for key in keywords if key not in parameters and not takes_any]
+    if unknown:
+        allowed = ", ".join(p for p in parameters if p not in ("self", "params"))
+        raise InvalidArgumentError(f"optimizer.{unknown[0]}", keywords[unknown[0]], allowed)
+    declared = parameters.get("weight_decay")
+    if needs_weight_decay and declared is None and not takes_any:
+        raise InvalidArgumentError(
+            "optimizer", name, "an optimizer that takes weight_decay, or penalty='loss'"
+        )
+    given = keywords.get("weight_decay", 0)
+    if declared is not None and given not in (0, declared.default):
+        raise InvalidArgumentError(
+            "optimizer.weight_decay",
+            given,
+            f"0 or {declared.default} (its default): set λ with the module's "
+            "weight_decay, because the parameter groups override the optimizer's own value",
+        )
+
+
 def _check_lr(lr: Any) -> None:
     if lr is not None:
         check_finite_positive("optimizer.lr", lr)
@@ -420,6 +582,9 @@ def _check_lr(lr: Any) -> None:
 
 def _check_optimizer(optimizer: Optimizer, needs_weight_decay: bool) -> None:
     """Reject optimizers that would silently ignore or override the groups' λ, or a bad lr."""
+    # A ZeroRedundancyOptimizer shards the state of the optimizer it wraps, which
+    # does the updating: that one's weight_decay is what counts.
+    optimizer = getattr(optimizer, "optim", optimizer)
     name = type(optimizer).__name__
     if needs_weight_decay and "weight_decay" not in optimizer.defaults:
         raise InvalidArgumentError(
