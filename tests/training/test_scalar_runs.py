@@ -54,6 +54,7 @@ def test_only_the_masked_runs_get_the_values(tmp_path):
 def test_events_reach_the_files_on_the_timer_without_a_flush(tmp_path):
     runs = ScalarRuns([tmp_path / "a"], flush_seconds=0.2)
     runs.add_table(["x"], torch.tensor([[1.0]]), 1)
+    runs.add_table(["x"], torch.tensor([[2.0]]), 2)  # step 1 is complete now
     deadline = time.monotonic() + 60
     while not list(tmp_path.glob("a/events.*")) and time.monotonic() < deadline:
         time.sleep(0.05)
@@ -64,6 +65,7 @@ def test_events_reach_the_files_on_the_timer_without_a_flush(tmp_path):
 def test_a_full_buffer_is_flushed_at_once(tmp_path):
     runs = ScalarRuns([tmp_path / "a"], flush_seconds=3600, max_buffered_bytes=1)
     runs.add_table(["x"], torch.tensor([[1.0]]), 1)
+    runs.add_table(["x"], torch.tensor([[2.0]]), 2)  # step 1 is complete now
     assert read_scalars(tmp_path / "a") == {"x": [(1, 1.0)]}
     runs.close()
 
@@ -75,3 +77,15 @@ def test_bad_arguments_are_named(tmp_path):
         ScalarRuns([tmp_path], flush_seconds=0)
     with pytest.raises(InvalidArgumentError, match="values"):
         ScalarRuns([tmp_path]).add_table(["x", "y"], torch.zeros(1, 1), 0)
+
+
+def test_values_of_one_step_are_merged_into_one_event(tmp_path):
+    # Gradient accumulation logs a step's values once per micro-batch: the last one wins.
+    runs = ScalarRuns([tmp_path / "a", tmp_path / "b"])
+    runs.add_table(["x"], torch.tensor([[1.0], [2.0]]), 3)
+    only_a = torch.tensor([True, False])
+    runs.add_table(["x", "y"], torch.tensor([[5.0, 6.0], [7.0, 8.0]]), 3, only_a)
+    runs.close()
+    assert read_scalars(tmp_path / "a") == {"x": [(3, 5.0)], "y": [(3, 6.0)]}
+    assert read_scalars(tmp_path / "b") == {"x": [(3, 2.0)]}
+    assert len(_records(tmp_path / "a")) == 2  # the file version, and one event

@@ -34,6 +34,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 from torch import Tensor
 
 from wd_lightning.core.errors import (
@@ -97,6 +98,10 @@ class ScalarRuns:
         self._flushing = threading.Lock()  # one flush at a time
         self._timer: threading.Timer | None = None
         self._layouts: dict[tuple[str, ...], _Layout] = {}
+        # The values of the latest step, merged per tag until another step begins.
+        self._step: int | None = None
+        self._step_values: dict[str, Tensor] = {}
+        self._step_runs: dict[str, Tensor] = {}
         self._event = Event
         self._closed = False
 
@@ -108,22 +113,57 @@ class ScalarRuns:
     ) -> None:
         """Write ``values[i, j]`` as tag ``tags[j]`` at ``step`` in run ``i``.
 
+        Values given for the same step are merged into one event per run (a
+        later value of a tag replaces an earlier one, as ``RunWriter`` does),
+        which is written when another step begins, or on :meth:`flush`.
+
         Args:
             tags: the tags, one per column.
             values: a ``(runs, tags)`` tensor, stored as float32 (as TensorBoard does).
             step: the step of every value.
-            runs: optional boolean mask, ``(runs,)``: only those runs get the event.
+            runs: optional boolean mask, ``(runs,)``: only those runs get the values.
         """
         if values.shape != (len(self), len(tags)):
             raise InvalidArgumentError(
                 "values", tuple(values.shape), f"shape ({len(self)}, {len(tags)})"
             )
-        layout = self._layouts.get(tuple(tags))
-        if layout is None:
-            layout = self._layouts[tuple(tags)] = _Layout(tags)
-        records = layout.records(values.detach().float().cpu(), int(step), time.time())
-        keep = range(len(self)) if runs is None else runs.cpu().nonzero().flatten().tolist()
-        self._append(records, keep)
+        if self._closed:
+            raise ValueError("ScalarRuns is closed")
+        if int(step) != self._step:
+            self._encode_step()
+            self._step = int(step)
+        given = torch.ones(len(self), dtype=torch.bool) if runs is None else runs.cpu().bool()
+        values = values.detach().float().cpu()
+        for column, tag in enumerate(tags):
+            if tag in self._step_values:
+                self._step_values[tag] = torch.where(
+                    given, values[:, column], self._step_values[tag]
+                )
+                self._step_runs[tag] = self._step_runs[tag] | given
+            else:
+                self._step_values[tag] = values[:, column].clone()
+                self._step_runs[tag] = given.clone()
+
+    def _encode_step(self) -> None:
+        """Encode the current step's merged values: one event per run that has any."""
+        if not self._step_values:
+            return
+        tags = list(self._step_values)
+        values = torch.stack([self._step_values[tag] for tag in tags], dim=1)
+        present = torch.stack([self._step_runs[tag] for tag in tags], dim=1)
+        self._step_values, self._step_runs = {}, {}
+        # Runs with the same tags share a layout (usually all of them do).
+        patterns, group = torch.unique(present, dim=0, return_inverse=True)
+        for index, pattern in enumerate(patterns):
+            columns = pattern.nonzero().flatten().tolist()
+            if not columns:
+                continue
+            chosen = tuple(tags[c] for c in columns)
+            layout = self._layouts.get(chosen)
+            if layout is None:
+                layout = self._layouts[chosen] = _Layout(chosen)
+            records = layout.records(values[:, columns].contiguous(), self._step, time.time())
+            self._append(records, (group == index).nonzero().flatten().tolist())
 
     def run(self, index: int) -> _Run:
         """Run ``index`` as a writer of summaries (e.g. for ``log_final_hparams``)."""
@@ -133,6 +173,7 @@ class ScalarRuns:
         """Write an ``Event`` protocol buffer (e.g. HPARAMS summaries) to run ``run``."""
         from tensorboard.summary.writer.record_writer import RecordWriter
 
+        self._encode_step()  # after the scalars given before it
         buffer = _Collect()
         RecordWriter(buffer).write(event.SerializeToString())
         with self._lock:
@@ -143,6 +184,7 @@ class ScalarRuns:
 
     def flush(self) -> None:
         """Append every waiting event to its run's file."""
+        self._encode_step()
         self._cancel_timer()
         self._flush()
 
