@@ -70,6 +70,9 @@ def _dtensor_rank(rank: int, port: int, out: str) -> None:
         "expected_group_norm": expected_group_norm,
     }
     Path(out, f"rank{rank}.json").write_text(json.dumps(result))
+    # Neither rank tears gloo down while the other may still be in a collective: that
+    # aborts the process ("terminate called without an active exception").
+    dist.barrier()
     dist.destroy_process_group()
 
 
