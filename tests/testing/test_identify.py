@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import re
 from collections.abc import Callable, Iterable
 from typing import Any
 
@@ -56,12 +55,7 @@ def test_grad_writes_and_warmup_are_noted() -> None:
     )
     report = identify_weight_decay(rules.WarmupSGD, max_examples=EXAMPLES)
     assert report.contracts == ("coupled",)
-    # Step 7 is its first update; an example whose seventh step rounds to nothing moves later.
-    warmups = [
-        re.fullmatch(r"made its first update only after (\d+) steps \(warm-up\)", note)
-        for note in report.notes
-    ]
-    assert [int(m.group(1)) >= 7 for m in warmups if m] == [True]
+    assert "made its first update only after 7 steps (warm-up)" in report.notes
 
 
 @pytest.mark.parametrize(

@@ -95,7 +95,7 @@ class _Findings:
     mismatches: dict[str, str] = field(default_factory=dict)
     problems: list[str] = field(default_factory=list)
     grad_written: str | None = None
-    warmup: int = 0
+    warmup: int | None = None
     examples: int = 0
     first_failing: Scenario | None = None
     steps: int = 0
@@ -197,7 +197,7 @@ def identify_weight_decay(
             f"{skipped} of {findings.examples} examples were left out: the weights did not "
             "move, or weight_decay made no difference"
         )
-    if findings.warmup > steps:
+    if findings.warmup is not None and findings.warmup > steps:
         notes.append(f"made its first update only after {findings.warmup} steps (warm-up)")
     if not contracts and findings.first_failing is not None:
         try:
@@ -370,7 +370,11 @@ def _record(findings: _Findings, outcome: Outcome, scenario: Scenario) -> None:
         findings.without_effect.append(outcome.steps_run)
         return
     findings.informative += 1
-    findings.warmup = max(findings.warmup, outcome.moved_at)
+    # The earliest first move over the examples is the optimizer's warm-up; a later one only
+    # means that example's first update rounded to nothing.
+    findings.warmup = (
+        outcome.moved_at if findings.warmup is None else min(findings.warmup, outcome.moved_at)
+    )
     if findings.grad_written is None:
         findings.grad_written = outcome.grad_written
     for name, mismatch in outcome.mismatches.items():

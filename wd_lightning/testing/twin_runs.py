@@ -206,12 +206,16 @@ def scenarios(
     other_decays = st.one_of(st.just(0.0), st.floats(0.0, max_decay_per_step))
 
     @st.composite
-    def group_case(draw: st.DrawFn, *, first: bool) -> GroupCase:
+    def group_case(draw: st.DrawFn, *, first: bool, unlike: torch.dtype | None = None) -> GroupCase:
         # The first group always decays and holds the parameter that never has a gradient,
-        # so every example can expose a missing, extra or misplaced decay.
-        dtype = draw(dtype_choice)
+        # so every example can expose a missing, extra or misplaced decay. A group drawn
+        # ``unlike`` a dtype takes another one, and decays too.
+        if unlike is None:
+            dtype = draw(dtype_choice)
+        else:
+            dtype = draw(st.sampled_from([d for d in dtypes if d != unlike]))
         lr = draw(lrs)
-        weight_decay = draw(first_decays if first else other_decays)
+        weight_decay = draw(first_decays if first or unlike is not None else other_decays)
         params = draw(st.lists(param_case(dtype, ever_has_grad=True), min_size=1, max_size=2))
         if first:
             params[0] = draw(param_case(dtype, ever_has_grad=True, anchor=True))
@@ -227,10 +231,13 @@ def scenarios(
 
     @st.composite
     def scenario(draw: st.DrawFn) -> Scenario:
-        groups = (
-            draw(group_case(first=True)),
-            *draw(st.lists(group_case(first=False), max_size=2, min_size=1)),
-        )
+        first = draw(group_case(first=True))
+        others = draw(st.lists(group_case(first=False), max_size=2, min_size=1))
+        if len(set(dtypes)) > 1:
+            # With several dtypes asked for, every example mixes them, with decay on both
+            # sides: a decay applied to one dtype's bucket only cannot hide.
+            others[0] = draw(group_case(first=False, unlike=first.params[0].init.dtype))
+        groups = (first, *others)
         # The constructor's lr differs from every group's, so using it by mistake shows.
         group_lrs = {group.lr for group in groups}
         default_lr = draw(st.floats(1e-3, 1.0).filter(lambda lr: lr not in group_lrs))
