@@ -707,6 +707,19 @@ def overview() -> str:
     return "\n".join(lines)
 
 
+def _release_process_group() -> None:
+    """Tear down a finished multi-process run's process group, every rank together.
+
+    Lightning leaves it to the interpreter's exit, where gloo's threads can be torn down
+    under a peer still using them and abort the process after a successful run.
+    """
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()
+        dist.destroy_process_group()
+
+
 def main(args: Sequence[str] | None = None) -> None:
     """Run the CLI.
 
@@ -734,6 +747,7 @@ def main(args: Sequence[str] | None = None) -> None:
         else:
             # args=None lets Lightning read sys.argv itself (it warns when given both).
             WeightDecayCLI(args=None if args is None else argv)
+            _release_process_group()
     except InvalidArgumentError as error:
         print(f"{PROG}: error: {error}", file=sys.stderr)
         raise SystemExit(2) from None
