@@ -63,6 +63,8 @@ HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
 sys.path.insert(0, str(REPO))
 
+from bench_fit import machine  # noqa: E402  (this folder is on the path when run)
+
 from wd_lightning.cli import WeightDecayCLI, main  # noqa: E402
 from wd_lightning.core.errors import TrainingDivergedError  # noqa: E402
 
@@ -223,7 +225,7 @@ def scaling(configs: list[str], repeats: int, sizes: dict[str, list[int]]) -> No
                     measured = f"measured: fit {fits[-1]:.2f} s; {config} {members}: {phases}"
                     print(measured, flush=True)
     fit = statistics.median(fits)
-    print(f"**Machine:** {_machine()}\n")
+    print(f"**Machine:** {machine()}\n")
     print(f"Baseline: `fit --config configs/d2l_weight_decay.yaml`, median {fit:.2f} s "
           f"({repeats} fresh processes, interleaved with the sweeps).\n")  # fmt: skip
     header = "| config | members | wall (median) | vs one fit | peak RSS | members' parameters | "
@@ -254,7 +256,7 @@ def split(members: int, repeats: int) -> None:
             if (Path(folder) / "2_processes" / table).read_text() != one:
                 raise SystemExit(f"{table} differs between 1 and 2 processes")
     base = statistics.median(times["1 process"])
-    print(f"**Machine:** {_machine()}\n")
+    print(f"**Machine:** {machine()}\n")
     print(f"Book-run sweep of {members:,} members, {repeats} fresh processes each, interleaved; ")
     print("summary.csv and curves.csv identical.\n")
     print("| run | median wall | ratio |\n|---|---|---|")
@@ -270,19 +272,6 @@ def _parameter_bytes(config: str) -> int:
         return (200 + 1) * 4
     model = MLP(in_features=20, hidden_features=[64, 64], out_features=3, norm="batch")
     return sum(p.numel() * p.element_size() for p in model.parameters())
-
-
-def _machine() -> str:
-    cpu = platform.processor() or platform.machine()
-    with contextlib.suppress(OSError):
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    return (
-        f"{cpu}, {os.cpu_count()} cores, Python {platform.python_version()}, "
-        f"torch {torch.__version__}, torch threads {torch.get_num_threads()}"
-    )
 
 
 def main_() -> None:
