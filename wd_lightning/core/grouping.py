@@ -36,9 +36,11 @@ from __future__ import annotations
 import fnmatch
 import functools
 import gc
+import itertools
 import re
+from collections.abc import KeysView
 from dataclasses import dataclass, field, replace
-from typing import Any
+from typing import Any, NamedTuple
 
 from torch import nn
 
@@ -63,6 +65,8 @@ __all__ = [
 
 DECAY = "decay"
 NO_DECAY = "no_decay"
+
+_new_tuple = tuple.__new__
 
 _TORCH_NORMS: tuple[type[nn.Module], ...] = (
     nn.modules.batchnorm._NormBase,  # BatchNorm*, SyncBatchNorm, InstanceNorm*
@@ -172,9 +176,12 @@ class DecayRules:
             raise InvalidArgumentError("overrides.name", duplicates[0], "a unique group name")
 
 
-@dataclass(frozen=True)
-class ParamDecision:
-    """Where one parameter went, and the rule that sent it there."""
+class ParamDecision(NamedTuple):
+    """Where one parameter went, and the rule that sent it there.
+
+    A named tuple: a report holds one per tensor (tens of thousands on large
+    models), and tuples are the cheapest immutable records to build.
+    """
 
     name: str
     group: str
@@ -429,18 +436,23 @@ def _group_without_collection(
 ) -> ParamGroupsReport:
     declarations = rules.use_no_weight_decay
     registrations, scopes = walk(model, _declares if declarations else _never)
-    # The first trainable registration of each tensor; the others only for tied tensors.
-    first: dict[int, Registration] = {}
-    tied: dict[int, list[Registration]] = {}
+    trainable = [r for r in registrations if r.parameter.requires_grad]
     frozen: dict[str, None] = {}  # an ordered set
-    for registration in registrations:
-        parameter = registration.parameter
-        if not parameter.requires_grad:
-            frozen[registration.name] = None
-        elif id(parameter) in first:
-            tied.setdefault(id(parameter), [first[id(parameter)]]).append(registration)
-        else:
-            first[id(parameter)] = registration
+    if len(trainable) < len(registrations):
+        frozen = {r.name: None for r in registrations if not r.parameter.requires_grad}
+    # The first trainable registration of each tensor, and all of them for tied
+    # tensors. A dict built from a zip keeps each key's first position; fewer keys
+    # than registrations means tied tensors, sorted out by the slower loop.
+    ids = [id(r.parameter) for r in trainable]
+    first: dict[int, Registration] = dict(zip(ids, trainable, strict=True))
+    tied: dict[int, list[Registration]] = {}
+    if len(first) < len(trainable):
+        first = {}
+        for registration in trainable:
+            key = id(registration.parameter)
+            kept = first.setdefault(key, registration)
+            if kept is not registration:
+                tied.setdefault(key, [kept]).append(registration)
     declared = _declared_no_decay(registrations, scopes) if declarations else {}
 
     groups = _empty_groups(weight_decay, rules)
@@ -448,31 +460,47 @@ def _group_without_collection(
     patterns = bool(rules.no_decay or rules.decay or rules.overrides)
     unmatched = {("no_decay", p) for p in rules.no_decay} | {("decay", p) for p in rules.decay}
     unmatched |= {("overrides", o.pattern) for o in rules.overrides}
-    decisions = []
+    decisions: list[ParamDecision] = []
     kinds: dict[tuple[Any, ...], tuple[bool, str]] = {}
+    # (shape tuple, numel) per distinct shape: a model repeats a few shapes many times.
+    sizes: dict[tuple[int, ...], tuple[tuple[int, ...], int]] = {}
+    decay_group, no_decay_group = index[DECAY], index[NO_DECAY]
+    # Whether a rule may judge a tensor by its name or its declarations.
+    by_name = bool(rules.no_decay or rules.decay or declarations)
     for key, registration in first.items():
-        aliases = tied.get(key)
+        parameter = registration.parameter
+        shape = parameter.shape
+        aliases = tied.get(key) if tied else None
         if aliases is None:  # the common case, kept cheap
-            names = [registration.name]
-            decays, rule = _decide(registration, declared, rules, kinds)
+            name = registration.name
+            names: list[str] | None = None
+            if by_name and (
+                rules.no_decay or rules.decay or parameter.__dict__ or name in declared
+            ):
+                decays, rule = _decide(registration, shape, declared, rules, kinds)
+            else:  # no rule can match its name: its kind decides
+                decays, rule = _decide_kind(registration, shape, rules, kinds)
         else:
             names = [a.name for a in aliases]
+            name = names[0]
             decays, rule = _decide_tied(aliases, declared, rules, kinds)
         prefix = None
         if patterns:
+            candidates = names or [name]
             override = next(
                 (
                     o
                     for o in rules.overrides
-                    if any(fnmatch.fnmatchcase(n, o.pattern) for n in names)
+                    if any(fnmatch.fnmatchcase(n, o.pattern) for n in candidates)
                 ),
                 None,
             )
             prefix = None if override is None else override.group_name
             unmatched -= {
-                (kind, p) for kind, p in unmatched if any(fnmatch.fnmatchcase(n, p) for n in names)
+                (kind, p)
+                for kind, p in unmatched
+                if any(fnmatch.fnmatchcase(n, p) for n in candidates)
             }
-        parameter = registration.parameter
         if declarations and parameter.__dict__:
             settings = _tensor_settings(parameter)
             if settings is not None and prefix is not None:
@@ -483,20 +511,21 @@ def _group_without_collection(
                     for group in _declared_groups(weight_decay, settings):
                         groups.append(group)
                         index[group["name"]] = group
-        base = DECAY if decays else NO_DECAY
-        group = index[base if prefix is None else f"{prefix}/{base}"]
+        if prefix is None:
+            group = decay_group if decays else no_decay_group
+        else:
+            group = index[f"{prefix}/{DECAY if decays else NO_DECAY}"]
         group["params"].append(parameter)
-        group["param_names"].append(names[0])
+        group["param_names"].append(name)
         if explain:
+            size = sizes.get(shape)
+            if size is None:
+                size = sizes[shape] = (tuple(shape), parameter.numel())
+            others = () if names is None else tuple(dict.fromkeys(names[1:]))
+            # tuple.__new__ skips the generated __new__'s argument handling (per tensor).
             decisions.append(
-                _decision(
-                    names[0],
-                    group["name"],
-                    decays,
-                    rule,
-                    tuple(parameter.shape),
-                    parameter.numel(),
-                    tuple(dict.fromkeys(names[1:])),
+                _new_tuple(
+                    ParamDecision, (name, group["name"], decays, rule, size[0], size[1], others)
                 )
             )
     if unmatched:
@@ -504,30 +533,8 @@ def _group_without_collection(
         raise InvalidArgumentError(
             kind, pattern, "a pattern that matches at least one trainable parameter"
         )
-    _check_exactly_once(set(first), groups)
+    _check_exactly_once(first.keys(), groups)
     return ParamGroupsReport(groups=groups, decisions=decisions, frozen=list(frozen))
-
-
-def _decision(
-    name: str,
-    group: str,
-    decays: bool,
-    rule: str,
-    shape: tuple[int, ...],
-    numel: int,
-    aliases: tuple[str, ...],
-) -> ParamDecision:
-    """A ParamDecision, built as a frozen dataclass's own ``__init__`` would, but at half the cost.
-
-    The generated ``__init__`` of a frozen dataclass sets each field through
-    ``object.__setattr__``; filling ``__dict__`` at once gives the same object
-    (equal, hashable, immutable through attributes) in a loop over every tensor.
-    """
-    decision = object.__new__(ParamDecision)
-    decision.__dict__.update(
-        name=name, group=group, decays=decays, rule=rule, shape=shape, numel=numel, aliases=aliases
-    )
-    return decision
 
 
 def _never(module: nn.Module) -> bool:
@@ -537,6 +544,7 @@ def _never(module: nn.Module) -> bool:
 # ---------------------------------------------------------------------- rules
 def _decide(
     registration: Registration,
+    shape: tuple[int, ...],
     declared: dict[str, str],
     rules: DecayRules,
     kinds: dict[tuple[Any, ...], tuple[bool, str]],
@@ -545,7 +553,8 @@ def _decide(
 
     The name-based rules come first; the kind rules depend only on the layer's
     type, the tensor's name, role and shape, so their verdicts are memoised in
-    ``kinds`` (a model repeats a few kinds thousands of times).
+    ``kinds`` (a model repeats a few kinds thousands of times). ``shape`` is the
+    parameter's, read once by the caller (each read builds a new ``torch.Size``).
     """
     name, parameter = registration.name, registration.parameter
     for pattern in rules.no_decay:
@@ -560,6 +569,16 @@ def _decide(
             return on_tensor
         if name in declared:
             return False, declared[name]
+    return _decide_kind(registration, shape, rules, kinds)
+
+
+def _decide_kind(
+    registration: Registration,
+    shape: tuple[int, ...],
+    rules: DecayRules,
+    kinds: dict[tuple[Any, ...], tuple[bool, str]],
+) -> tuple[bool, str]:
+    """The kind rules (5 onwards), memoised by what decides them."""
     attribute = registration.layer_attribute
     key = (
         type(registration.layer),
@@ -568,15 +587,15 @@ def _decide(
         # Only bias names change a verdict; the substring test spares the regex (and
         # its cache) the thousands of numbered attributes of a long Sequential.
         attribute if "bias" in attribute and _is_bias_name(attribute) else "",
-        parameter.shape,
+        shape,
     )
     verdict = kinds.get(key)
     if verdict is None:
-        verdict = kinds[key] = _decide_kind(registration, rules)
+        verdict = kinds[key] = _kind_verdict(registration, rules)
     return verdict
 
 
-def _decide_kind(registration: Registration, rules: DecayRules) -> tuple[bool, str]:
+def _kind_verdict(registration: Registration, rules: DecayRules) -> tuple[bool, str]:
     """The kind rules (5 onwards): what the tensor is, whatever its name in the model."""
     parameter, layer = registration.parameter, registration.layer
     # Each kind below is decided by its own switch: turning one on makes that kind decay.
@@ -681,8 +700,8 @@ def _decide_tied(
     token) should not be shrunk through another role.
     """
     if len(aliases) == 1:
-        return _decide(aliases[0], declared, rules, kinds)
-    verdicts = [(a.name, *_decide(a, declared, rules, kinds)) for a in aliases]
+        return _decide(aliases[0], aliases[0].parameter.shape, declared, rules, kinds)
+    verdicts = [(a.name, *_decide(a, a.parameter.shape, declared, rules, kinds)) for a in aliases]
     if len({decays for _, decays, _ in verdicts}) == 1:
         decays, rule = verdicts[0][1], verdicts[0][2]
         names = list(dict.fromkeys(a.name for a in aliases))
@@ -819,16 +838,17 @@ def _declared_groups(weight_decay: float, settings: _TensorSettings) -> list[dic
     ]
 
 
-def _check_exactly_once(trainable: set[int], groups: list[dict[str, Any]]) -> None:
+def _check_exactly_once(trainable: KeysView[int], groups: list[dict[str, Any]]) -> None:
     """Every trainable parameter in exactly one group: a guarantee, so it is verified.
 
     ``trainable`` comes from the walk, which visits every module's
     ``_parameters`` (the same tensors as ``model.parameters()``, a property the
     tests check against torch), so the check costs one pass over the groups.
     """
-    placed = [id(p) for group in groups for p in group["params"]]
-    if len(placed) != len(set(placed)) or set(placed) != trainable:
+    placements = sum(len(group["params"]) for group in groups)
+    placed = set(map(id, itertools.chain.from_iterable(group["params"] for group in groups)))
+    if placements != len(placed) or placed != trainable:
         raise RuntimeError(
-            f"parameter grouping is inconsistent: {len(placed)} placements, "
-            f"{len(set(placed))} distinct, {len(trainable)} trainable parameters"
+            f"parameter grouping is inconsistent: {placements} placements, "
+            f"{len(placed)} distinct, {len(trainable)} trainable parameters"
         )

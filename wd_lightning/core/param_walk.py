@@ -90,6 +90,10 @@ class Registration(NamedTuple):
     layer_attribute: str
 
 
+_new_tuple = tuple.__new__
+_PARAMETER = nn.Parameter
+
+
 @dataclass(slots=True)
 class Scope:
     """A module at ``path``, whose parameters are ``registrations[start:end]`` of the walk."""
@@ -135,8 +139,35 @@ def walk(
             scope = Scope(path, module, len(registrations))
             scopes.append(scope)
             stack.append(scope)
-        if module._parameters:
+        parameters = module._parameters
+        if not parameters:
+            pass
+        elif id(module) in parametrized or module._forward_pre_hooks:
             _register(module, path, attribute, parametrized, registrations)
+        else:
+            # A plain layer, the common case, inlined because it runs once per tensor:
+            # each tensor is the layer's own, and tuple.__new__ skips the keyword
+            # handling of the generated __init__.
+            prefix = f"{path}." if path else ""
+            for local, parameter in parameters.items():
+                if parameter is not None:
+                    if type(parameter) is not _PARAMETER:
+                        _not_flattened(prefix + local, parameter)
+                    registrations.append(
+                        _new_tuple(
+                            Registration,
+                            (
+                                prefix + local,
+                                local,
+                                module,
+                                parameter,
+                                module,
+                                local,
+                                "",
+                                attribute,
+                            ),
+                        )
+                    )
         if module._modules:
             stack.extend(reversed(_children(module, path, attribute, parametrized)))
     return registrations, scopes
@@ -176,32 +207,37 @@ def _register(
     parametrized: dict[int, tuple[nn.Module, str, str, tuple[str, ...]]],
     registrations: list[Registration],
 ) -> None:
+    """The registrations of a parametrized module, or of one with old-style hooks."""
     target = parametrized.get(id(module))
-    hooks = (
-        _old_style_parametrizations(module) if target is None and module._forward_pre_hooks else {}
-    )
+    prefix = f"{path}." if path else ""
+    hooks = _old_style_parametrizations(module) if target is None else {}
     for local_name, parameter in module._parameters.items():
         if parameter is None:
             continue
-        name = f"{path}.{local_name}" if path else local_name
-        if type(parameter) is not nn.Parameter and type(parameter).__name__ == "FlatParameter":
-            raise InvalidArgumentError(
-                "model",
-                name,
-                "parameters that are not FSDP1 flat parameters (their original names and "
-                "shapes are gone): build the groups before wrapping, or shard with FSDP2",
-            )
+        name = prefix + local_name
+        _not_flattened(name, parameter)
         layer, tensor, role, layer_attribute = module, local_name, "", attribute
         if target is not None:
             layer, tensor, layer_attribute, kinds = target
             role = _parametrization_role(local_name, kinds)
         elif local_name in hooks:
             tensor, role = hooks[local_name]
-        # _make skips the keyword handling of the generated __init__: this runs per tensor.
         registrations.append(
-            Registration._make(
-                (name, local_name, module, parameter, layer, tensor, role, layer_attribute)
+            _new_tuple(
+                Registration,
+                (name, local_name, module, parameter, layer, tensor, role, layer_attribute),
             )
+        )
+
+
+def _not_flattened(name: str, parameter: nn.Parameter) -> None:
+    """An error for an FSDP1 flat parameter (its original names and shapes are gone)."""
+    if type(parameter).__name__ == "FlatParameter":
+        raise InvalidArgumentError(
+            "model",
+            name,
+            "parameters that are not FSDP1 flat parameters (their original names and "
+            "shapes are gone): build the groups before wrapping, or shard with FSDP2",
         )
 
 
