@@ -19,7 +19,15 @@ from wd_lightning.testing import (
     check_weight_decay,
     tensor_shapes,
 )
-from wd_lightning.testing.twin_runs import Scenario, scenarios
+from wd_lightning.testing.decay_contracts import held, variants
+from wd_lightning.testing.twin_runs import (
+    GroupCase,
+    ParamCase,
+    RunOptions,
+    Scenario,
+    run_scenario,
+    scenarios,
+)
 
 from . import broken_optimizers as broken
 from . import contract_optimizers as rules
@@ -76,6 +84,45 @@ def test_rule_passes_its_correct_implementation(factory: Any, contract: Any) -> 
 def test_rule_catches_its_slip(factory: Any, contract: Any) -> None:
     with pytest.raises(AssertionError, match="broken at step"):
         check_weight_decay(factory, contract, hypothesis_settings=_without_shrinking())
+
+
+def _adaptive_holds(factory: Any, second_group: ParamCase) -> bool:
+    """Whether ``factory`` keeps the adaptive contract on 4 steps beside a plain first group."""
+    ones = torch.ones(2, dtype=torch.float64)
+    anchor = ParamCase(ones, (ones,) * 4)
+    gradless = ParamCase(torch.tensor(1.0, dtype=torch.float64), (None,) * 4)
+    scenario = Scenario(
+        default_lr=1.0,
+        default_weight_decay=0.0,
+        groups=(GroupCase(0.5, 0.5, (anchor, gradless)), GroupCase(0.5, 0.5, (second_group,))),
+        lr_multipliers=(1.0, 1.0, 1.0, 1.0),
+    )
+    options = RunOptions(factory, {}, {}, closure=False, steps=4, warmup_steps=16, ulps=64.0)
+    adaptive = CONTRACTS["adaptive"]
+    outcome = run_scenario(scenario, options, variants(adaptive), stop_at_first_mismatch=False)
+    return held(adaptive, outcome.mismatches)
+
+
+def _float64(*values: float) -> torch.Tensor:
+    return torch.tensor(values, dtype=torch.float64)
+
+
+def test_adaptive_step_size_is_fitted_where_the_decay_is_above_rounding() -> None:
+    # A falsifying example found for a correct AdamW: by step 4 one element weighs 1e-31 and
+    # has no gradient, so its decay is exact; the other weighs 2e-18 and moves by 0.3, so its
+    # decay of 1e-18 is far below that step's rounding. Fitted with equal weights, the
+    # rounding noise of the second element set the step size for the first.
+    zeros = _float64(0.0, 0.0)
+    grads = (zeros, zeros, _float64(0.0, 1.1117e-25), _float64(0.0, 1.0))
+    tiny = ParamCase(_float64(1.5605e-31, 0.0), grads)
+    assert _adaptive_holds(broken.HandWrittenAdamW, tiny)
+
+
+def test_weighting_the_fit_still_rejects_a_step_size_per_element() -> None:
+    # Both elements decay well above rounding, at different rates: no one step size fits.
+    spread = ParamCase(_float64(3.0, 2.0), (_float64(1.0, 0.0),) * 4)
+    assert _adaptive_holds(broken.HandWrittenAdamW, spread)
+    assert not _adaptive_holds(rules.PreconditionedDecayAdamW, spread)
 
 
 def test_every_named_rule_is_tested_both_ways() -> None:

@@ -36,6 +36,7 @@ import torch
 from torch import Tensor
 
 from wd_lightning.core.errors import InvalidArgumentError
+from wd_lightning.testing.tolerance import terms_magnitude
 
 __all__ = ["CONTRACTS", "DecayContract", "DecayStep", "contract_named", "held", "variants"]
 
@@ -126,10 +127,21 @@ class _FittedScaleContract(DecayContract):
     """
 
     def expected_given(self, step: DecayStep, twin_result: Tensor, actual: Tensor) -> Tensor:
-        decay = step.weight_decay * step.weights.detach().to(torch.float64)
+        weights = step.weights.detach()
+        decay = step.weight_decay * weights.to(torch.float64)
         removed = twin_result.detach().to(torch.float64) - actual.detach().to(torch.float64)
-        denominator = float((decay * decay).sum())
-        scale = float((removed * decay).sum()) / denominator if denominator > 0 else 0.0
+        # Each element's ``removed`` is only known to within the rounding of its own terms. An
+        # element whose decay is below that rounding (λ·w = 1e-18 beside an update of 0.3)
+        # holds noise, not the step size: fitted with equal weights it would set the scale for
+        # an element whose decay is exact (w = 1e-31 with no update), and a correct optimizer
+        # would fail there. So every element is weighted by how far its decay stands above its
+        # rounding: a least-squares fit in units of that rounding.
+        finfo = torch.finfo(twin_result.dtype)
+        rounding = finfo.eps * terms_magnitude(weights, twin_result, actual) + finfo.tiny
+        # At most 1/eps, since |decay| ≤ |w|: the squares below cannot overflow.
+        signal = decay / rounding
+        denominator = float((signal * signal).sum())
+        scale = float((removed / rounding * signal).sum()) / denominator if denominator > 0 else 0.0
         if not scale > 0:
             # A step size is positive: decay that grows the weights, or a step that skips the
             # decay, is not this rule. Expect the lr-sized decay instead, so that it shows.
