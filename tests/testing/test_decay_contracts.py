@@ -19,6 +19,7 @@ from wd_lightning.testing import (
     check_weight_decay,
     tensor_shapes,
 )
+from wd_lightning.testing.contract import _jumps_at_zero_decay
 from wd_lightning.testing.decay_contracts import held, variants
 from wd_lightning.testing.twin_runs import (
     GroupCase,
@@ -237,14 +238,38 @@ def test_trust_ratio_applied_always_passes() -> None:
     check_weight_decay(rules.TrustRatioSGD, "coupled", shapes=VECTORS, max_examples=10)
 
 
-def test_trust_ratio_applied_only_with_decay_is_named_in_the_failure() -> None:
+# Seed 51 once drew lr = 1e-3 for the only decaying group, where the jump went unnamed.
+@pytest.mark.parametrize("seed", [None, 51])
+def test_trust_ratio_applied_only_with_decay_is_named_in_the_failure(seed: int | None) -> None:
     with pytest.raises(AssertionError, match="behaves differently at weight_decay=0"):
         check_weight_decay(
             rules.TrustRatioOnlyWithDecaySGD,
             "coupled",
             shapes=VECTORS,
+            max_examples=10,
+            seed=seed,
             hypothesis_settings=_without_shrinking(),
         )
+
+
+@pytest.mark.parametrize(
+    ("factory", "jumps"),
+    [
+        pytest.param(rules.TrustRatioOnlyWithDecaySGD, True, id="trust-ratio-only-with-decay"),
+        pytest.param(rules.TrustRatioSGD, False, id="trust-ratio-always"),
+        pytest.param(broken.HandWrittenSGD, False, id="plain-SGD"),
+        pytest.param(torch.optim.Adam, False, id="Adam"),
+    ],
+)
+def test_a_jump_at_zero_decay_shows_even_when_the_step_is_small(factory: Any, jumps: bool) -> None:
+    # At lr = 1e-3 a trust ratio of 1.8 changes the step by 3e-3, below 1e-3 of the weights'
+    # size: a probe measured against the weights took that for the effect of a tiny decay.
+    weights = torch.tensor([8.0, 6.0], dtype=torch.float64)
+    grad = torch.tensor([4.0, 4.0], dtype=torch.float64)
+    group = GroupCase(lr=1e-3, weight_decay=0.4, params=(ParamCase(weights, (grad,)),))
+    scenario = Scenario(0.5, 0.0, (group,), lr_multipliers=(1.0,))
+    options = RunOptions(factory, {}, {}, closure=False, steps=1, warmup_steps=0, ulps=64.0)
+    assert _jumps_at_zero_decay(scenario, options) is jumps
 
 
 @settings(max_examples=20, deadline=None)

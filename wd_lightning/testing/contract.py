@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import warnings
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import replace
 from typing import Any, Literal
 
 import torch
@@ -64,6 +65,8 @@ COUPLINGS: tuple[str, ...] = tuple(CONTRACTS)
 DEFAULT_MAX_EXAMPLES = 30
 #: How much smaller than λ the probe for a jump at λ = 0 makes the decay.
 _TINY_DECAY = 1e-7
+#: How much smaller than that the second probe makes it, to see whether the effect follows.
+_PROBE_RATIO = 100.0
 # Keys the check sets itself; accepting them from the caller would silently be overridden.
 _RESERVED_KWARGS = frozenset({"params", "lr", "weight_decay"})
 _GRAD_WRITES = ("warn", "fail", "ignore")
@@ -306,15 +309,38 @@ def _add_diagnosis(
 
 
 def _jumps_at_zero_decay(scenario: Scenario, options: RunOptions) -> bool:
-    """Whether a tiny λ changes the weights far more than a tiny decay could."""
-    tiny = run_scenario(
+    """Whether the effect of a tiny λ stays the same size as λ shrinks further.
+
+    Near λ = 0 a decay changes the weights in proportion to λ: a hundredfold smaller λ makes
+    a hundredfold smaller difference from the run with ``weight_decay=0``. A switch on λ ≠ 0
+    (a trust ratio applied only with decay) changes the step by the same amount however small
+    λ is. Comparing the two probes, rather than one probe with the size of the weights, also
+    sees a switch whose effect is small beside the weights because the lr is small.
+    """
+    larger = run_scenario(
         scenario, options, [], stop_at_first_mismatch=False, decay_scale=_TINY_DECAY
     )
+    # The same number of steps for both probes, however soon each sees the decay take effect.
+    same_steps = replace(options, steps=larger.steps_run, warmup_steps=0)
+    smaller = run_scenario(
+        scenario,
+        same_steps,
+        [],
+        stop_at_first_mismatch=False,
+        decay_scale=_TINY_DECAY / _PROBE_RATIO,
+    )
     initial = [p.init for g in scenario.groups for p in g.params]
-    for real, bare, init in zip(tiny.final_real, tiny.final_bare, initial, strict=True):
-        moved = float((bare - init).abs().max()) if bare.numel() else 0.0
-        scale = max(moved, float(init.abs().max()) if init.numel() else 0.0, 1e-12)
-        if float((real - bare).abs().max() if real.numel() else 0.0) > 1e-3 * scale:
+    probes = zip(larger.final_real, smaller.final_real, smaller.final_bare, initial, strict=True)
+    for with_larger, with_smaller, bare, init in probes:
+        if not init.numel():
+            continue
+        finfo = torch.finfo(init.dtype)
+        size = max(float(init.abs().max()), float((bare - init).abs().max()))
+        # Differences at the level of rounding say nothing either way.
+        rounding = options.ulps * finfo.eps * larger.steps_run * size + finfo.tiny
+        larger_effect = float((with_larger - bare).abs().max())
+        smaller_effect = float((with_smaller - bare).abs().max())
+        if smaller_effect > rounding and smaller_effect > 10 * larger_effect / _PROBE_RATIO:
             return True
     return False
 
