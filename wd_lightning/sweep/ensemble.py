@@ -33,7 +33,6 @@ closed form (SGD, or decoupled decay), and evaluates the template's
 
 from __future__ import annotations
 
-import copy
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from functools import partial
@@ -54,6 +53,7 @@ from wd_lightning.core.errors import InvalidArgumentError
 from wd_lightning.core.losses import HalfMSELoss, half_mse_per_member
 from wd_lightning.core.norms import segment_norms, stacked_squared_norms
 from wd_lightning.core.timescale import GroupDecay, InitialWeightFactor, group_decay
+from wd_lightning.sweep.member_metrics import MemberMetrics
 from wd_lightning.training.cadence import logged_step, logs_this_step
 from wd_lightning.training.module import WeightDecayModule
 
@@ -173,10 +173,8 @@ class WeightDecayEnsemble(LightningModule):
             name: torch.tensor([_decay_of(member, name) for member in members], dtype=torch.float64)
             for name in self._trainable_names()
         }
-        # Each member needs metric state of its own; registered, so they follow the device.
-        self.member_metrics = nn.ModuleList(
-            [copy.deepcopy(template.val_metrics) for _ in members] if template.val_metrics else []
-        )
+        # Each member's metric state, stacked; registered, so it follows the device.
+        self.member_metrics = MemberMetrics(template.val_metrics, self.num_members)
         # Per decayed group with a closed form: one factor per member (on_fit_start).
         self.init_remaining: dict[str, list[InitialWeightFactor]] = {}
         self.register_buffer("alive", torch.ones(self.num_members, dtype=torch.bool))
@@ -436,8 +434,7 @@ class WeightDecayEnsemble(LightningModule):
         inputs, targets = batch
         predictions = self(inputs)
         if self.member_metrics:
-            for metrics, prediction in zip(self.member_metrics, predictions, strict=True):
-                metrics.update(prediction, targets)
+            self.member_metrics.update(predictions, targets)
         weighted = self._losses(predictions, targets).detach() * len(inputs)
         self._val_sum = weighted if self._val_sum is None else self._val_sum + weighted
         self._val_count += len(inputs)
@@ -460,15 +457,12 @@ class WeightDecayEnsemble(LightningModule):
         """Each member's validation metrics, ``{"val/<name>": (members,)}``, then reset them."""
         if not self.member_metrics:
             return {}
-        computed = [metrics.compute() for metrics in self.member_metrics]
-        for metrics in self.member_metrics:
-            metrics.reset()
-        values = {}
-        for tag in computed[0]:
-            if all(c[tag].numel() == 1 for c in computed):  # a scalar per member
-                stacked = torch.stack([c[tag].reshape(()).float() for c in computed])
-                values[tag] = torch.where(self.alive, stacked.to(self.alive.device), torch.nan)
-        return values
+        computed = self.member_metrics.compute()
+        self.member_metrics.reset()
+        return {
+            tag: torch.where(self.alive, values.to(self.alive.device), torch.nan)
+            for tag, values in computed.items()
+        }
 
     def on_train_end(self) -> None:
         if self.writers is not None:
