@@ -175,8 +175,10 @@ class WeightDecayEnsemble(LightningModule):
         }
         # Each member's metric state, stacked; registered, so it follows the device.
         self.member_metrics = MemberMetrics(template.val_metrics, self.num_members)
-        # Per decayed group with a closed form: one factor per member (on_fit_start).
+        # Per decayed group with a closed form: one factor per member (configure_optimizers);
+        # members with the same rule share one, held with the member → factor index.
         self.init_remaining: dict[str, list[InitialWeightFactor]] = {}
+        self._distinct_factors: dict[str, tuple[list[InitialWeightFactor], Tensor]] = {}
         self.register_buffer("alive", torch.ones(self.num_members, dtype=torch.bool))
         self.register_buffer("diverged_at", torch.full((self.num_members,), -1))
         self.record = EnsembleRecord()
@@ -294,7 +296,7 @@ class WeightDecayEnsemble(LightningModule):
             )
         # Coupled: λ·w joins the gradient (the optimizer's coupled decay, or the loss's penalty).
         self._coupled = template.penalty == "loss" or not is_decoupled(optimizer)
-        self.init_remaining = self._initial_weight_factors(optimizer)
+        self.init_remaining, self._distinct_factors = self._initial_weight_factors(optimizer)
         if template.lr_scheduler_factory is None:
             return optimizer
         scheduler = template.lr_scheduler_factory(optimizer)
@@ -327,9 +329,17 @@ class WeightDecayEnsemble(LightningModule):
             if factors.any()
         }
 
-    def _initial_weight_factors(self, optimizer: Optimizer) -> dict[str, list[InitialWeightFactor]]:
-        """A factor per member for each decayed group whose decay has a closed form."""
-        factors = {}
+    def _initial_weight_factors(
+        self, optimizer: Optimizer
+    ) -> tuple[dict[str, list[InitialWeightFactor]], dict[str, tuple[list, Tensor]]]:
+        """A factor per member for each decayed group whose decay has a closed form.
+
+        Members with the same rule (the same λ) share one factor, which then
+        steps once for all of them: a sweep has far fewer λ than members.
+        Also returned: per group, the distinct factors and each member's index
+        into them.
+        """
+        factors, distinct = {}, {}
         for group in optimizer.param_groups:
             names = self.groups.get(group["name"], [])
             decays = [self.decay_factors[n] for n in names if n in self.decay_factors]
@@ -344,17 +354,20 @@ class WeightDecayEnsemble(LightningModule):
                 else:  # λ·w joins the gradient here, as a loss penalty would
                     rules.append(group_decay(optimizer, group, weight_decay=weight_decay))
             if all(rule.has_closed_form or rule.kind == "none" for rule in rules):
-                factors[group["name"]] = [InitialWeightFactor(rule) for rule in rules]
-        return factors
+                shared: dict[GroupDecay, int] = {}
+                index = [shared.setdefault(rule, len(shared)) for rule in rules]
+                unique = [InitialWeightFactor(rule) for rule in shared]
+                factors[group["name"]] = [unique[i] for i in index]
+                distinct[group["name"]] = (unique, torch.tensor(index))
+        return factors, distinct
 
     def _init_remaining_values(self) -> dict[str, Tensor]:
         device = self.alive.device
-        return {
-            f"weight_decay/init_remaining/{name}": torch.tensor(
-                [float(f.value) for f in factors], device=device
-            )
-            for name, factors in self.init_remaining.items()
-        }
+        values = {}
+        for name, (factors, index) in self._distinct_factors.items():
+            distinct = torch.tensor([float(f.value) for f in factors], device=device)
+            values[f"weight_decay/init_remaining/{name}"] = distinct[index.to(device)]
+        return values
 
     @torch.no_grad()
     def on_before_optimizer_step(self, optimizer: Optimizer) -> None:
@@ -363,7 +376,8 @@ class WeightDecayEnsemble(LightningModule):
             values = {**self.weight_norms(), **self._init_remaining_values()}
             self._write(values, logged_step(self.trainer))
         for group in optimizer.param_groups:
-            for factor in self.init_remaining.get(group.get("name"), []):
+            factors, _ = self._distinct_factors.get(group.get("name"), ([], None))
+            for factor in factors:
                 factor.step(group["lr"])
 
     def configure_gradient_clipping(
