@@ -194,7 +194,6 @@ def test_fsdp1_flattening_is_refused_with_a_reason():
         param_groups(FullyShardedDataParallel(nn.Linear(2, 2)), 0.1)
 
 
-
 @pytest.mark.parametrize("parametrized", [False, True], ids=["plain", "parametrized"])
 def test_a_flat_parameter_is_refused_wherever_it_sits(parametrized):
     class FlatParameter(nn.Parameter):  # stands in for FSDP1's flattened storage
@@ -206,6 +205,7 @@ def test_a_flat_parameter_is_refused_wherever_it_sits(parametrized):
     layer.bias = FlatParameter(torch.zeros(2))
     with pytest.raises(InvalidArgumentError, match=r"model='0.bias'.*FSDP1 flat parameters"):
         param_groups(nn.Sequential(layer), 0.1)
+
 
 def test_user_patterns_come_first():
     model = WrappedViT()

@@ -46,6 +46,28 @@ def test_forward_is_every_members_forward():
         torch.testing.assert_close(outputs[index], member(inputs))
 
 
+
+@pytest.mark.parametrize("shape", [(5, 200), (2, 3, 200)], ids=["batch", "batch-and-time"])
+def test_a_linear_members_outputs_and_gradients_do_not_depend_on_who_shares_the_ensemble(shape):
+    # What makes a sweep split over processes equal the one-process sweep, bit for bit.
+    torch.manual_seed(0)
+    members = [LinearRegression(weight_decay=0.1) for _ in range(40)]
+    inputs = torch.randn(*shape)
+
+    def outputs_and_gradients(ensemble):
+        outputs = ensemble(inputs)
+        outputs.square().sum().backward()
+        return outputs.detach(), [p.grad for p in ensemble.stacked]
+
+    everyone = outputs_and_gradients(WeightDecayEnsemble(members))
+    for part in (slice(0, 1), slice(37, 40), slice(3, 20), slice(0, 40)):
+        outputs, gradients = outputs_and_gradients(WeightDecayEnsemble(members[part]))
+        assert torch.equal(outputs, everyone[0][part])
+        for gradient, whole in zip(gradients, everyone[1], strict=True):
+            assert torch.equal(gradient, whole[part])
+    # And each equals its own model, up to float32 rounding.
+    torch.testing.assert_close(everyone[0], torch.stack([m.model(inputs) for m in members]))
+
 @pytest.mark.parametrize("name", list(OPTIMIZERS))
 @pytest.mark.parametrize("penalty", ["optimizer", "loss"])
 def test_three_steps_equal_each_members_own_optimizer(name, penalty):

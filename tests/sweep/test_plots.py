@@ -4,7 +4,7 @@ import pytest
 
 from wd_lightning import LinearRegression, SyntheticRegressionDataModule
 from wd_lightning.cli import main
-from wd_lightning.sweep.plots import FIGURES, write_figures
+from wd_lightning.sweep.plots import FIGURES, _spread, read_table, write_figures
 from wd_lightning.sweep.run import run_sweep
 
 
@@ -86,3 +86,20 @@ def test_plot_errors_are_one_line(sweep_dir, capsys, args, message):
     assert exited.value.code == 2
     err = capsys.readouterr().err
     assert message in err and "Traceback" not in err
+
+
+def test_read_table_keeps_only_the_asked_weight_decays_and_parses_them_alike(sweep_dir):
+    whole = read_table(sweep_dir / "curves.csv")
+    kept = read_table(sweep_dir / "curves.csv", weight_decays=[3, 0.0])
+    assert kept == [row for row in whole if row["weight_decay"] in (0.0, 3.0)]
+    assert {row["weight_decay"] for row in kept} == {0.0, 3.0}
+    assert read_table(sweep_dir / "curves.csv", weight_decays=[]) == []
+
+
+@pytest.mark.parametrize("size", [1, 2, 7, 8, 9, 100])
+def test_at_most_eight_labelled_ticks_spread_over_the_grid(size):
+    grid = [float(i) for i in range(size)]
+    ticks = _spread(grid, 8)
+    assert len(ticks) == min(size, 8)
+    assert ticks[0] == grid[0] and ticks[-1] == grid[-1]
+    assert ticks == sorted(set(ticks))

@@ -21,15 +21,41 @@ from wd_lightning.core.errors import InvalidArgumentError
 
 __all__ = ["read_table", "write_figures"]
 
+# Labelled λ ticks per axis: each label has two lines (λ and τ), and more than
+# about eight overlap (a 100-λ sweep would also spend seconds measuring them).
+_MOST_LABELLED_TICKS = 8
 FIGURES = ("losses_vs_epoch.png", "val_loss_vs_weight_decay.png", "weight_norm_vs_weight_decay.png")
 
 
-def read_table(path: str | Path) -> list[dict[str, Any]]:
-    """A CSV written by the sweep, with numbers as floats or ints and empty cells as ``None``."""
+def read_table(
+    path: str | Path, weight_decays: Sequence[float] | None = None
+) -> list[dict[str, Any]]:
+    """A CSV written by the sweep, with numbers as floats or ints and empty cells as ``None``.
+
+    Args:
+        path: ``summary.csv``, ``curves.csv`` or ``ridge_curve.csv`` of a sweep.
+        weight_decays: keep only the rows of these λ (its ``weight_decay``
+            column). The file is streamed and other rows are never parsed: a
+            10,000-member sweep's ``curves.csv`` has a million rows, of which a
+            figure draws a few hundred.
+    """
+    keep = None if weight_decays is None else {float(wd) for wd in weight_decays}
     with Path(path).open(newline="") as handle:
-        return [
-            {key: _parse(value) for key, value in row.items()} for row in csv.DictReader(handle)
-        ]
+        reader = csv.reader(handle)
+        header = next(reader, [])
+        column = header.index("weight_decay") if keep is not None else -1
+        kept: dict[str, bool] = {}  # each distinct λ cell, parsed once
+        rows = []
+        for cells in reader:
+            if keep is not None:
+                cell = cells[column]
+                wanted = kept.get(cell)
+                if wanted is None:
+                    wanted = kept[cell] = _parse(cell) in keep
+                if not wanted:
+                    continue
+            rows.append({key: _parse(value) for key, value in zip(header, cells, strict=True)})
+        return rows
 
 
 def _parse(value: str) -> Any:
@@ -66,9 +92,9 @@ def write_figures(
     from matplotlib.figure import Figure
 
     summary = read_table(tables["summary"])
-    curves = read_table(tables["curves"])
     ridge = read_table(tables["ridge_curve"]) if tables["ridge_curve"].is_file() else []
     shown = _shown(summary, weight_decays_shown)
+    curves = read_table(tables["curves"], weight_decays=shown)
     folder = output_dir / "figures"
     folder.mkdir(exist_ok=True)
     paths = [folder / name for name in FIGURES]
@@ -123,8 +149,9 @@ def _by_weight_decay(axis: Any, summary: list[dict[str, Any]], column: str, log:
     axis.plot(grid, [statistics.median(by_wd[wd]) for wd in grid], "o-", label="median")
     positive = [wd for wd in grid if wd > 0]
     axis.set_xscale("symlog", linthresh=min(positive) if positive else 1.0)
-    axis.set_xticks(grid)
-    axis.set_xticklabels([_tick(wd, timescales.get(wd)) for wd in grid], fontsize=7)
+    ticks = _spread(grid, _MOST_LABELLED_TICKS)
+    axis.set_xticks(ticks)
+    axis.set_xticklabels([_tick(wd, timescales.get(wd)) for wd in ticks], fontsize=7)
     axis.minorticks_off()
     # Losses on a log axis, as in the other figures; a metric only if it spans decades.
     if values and min(values) > 0 and (log or max(values) > 10 * min(values)):
@@ -134,14 +161,27 @@ def _by_weight_decay(axis: Any, summary: list[dict[str, Any]], column: str, log:
     axis.legend(fontsize=8)
 
 
+def _spread(grid: list[float], most: int) -> list[float]:
+    """At most ``most`` values of ``grid``, evenly spread over it, first and last included."""
+    if len(grid) <= most:
+        return grid
+    step = (len(grid) - 1) / (most - 1)
+    return [grid[round(i * step)] for i in range(most)]
+
+
 def _tick(weight_decay: float, timescale: Any) -> str:
     if not isinstance(timescale, (int, float)):
-        return f"{weight_decay:g}"
+        return _three_digits(weight_decay)
     if math.isinf(timescale):
         shown = "∞"
     else:
         shown = f"{timescale:.3g}" if timescale < 1e3 else f"{timescale:,.0f}"
-    return f"{weight_decay:g}\nτ={shown}"
+    return f"{_three_digits(weight_decay)}\nτ={shown}"
+
+
+def _three_digits(value: float) -> str:
+    """``0.0368`` for 0.036787…, ``1000`` for 1000 (not ``1e+03``)."""
+    return f"{float(f'{value:.3g}'):g}"
 
 
 def _shown(summary: list[dict[str, Any]], requested: Sequence[float] | None) -> list[float]:
