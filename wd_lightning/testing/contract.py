@@ -340,6 +340,8 @@ def _jumps_at_zero_decay(scenario: Scenario, options: RunOptions) -> bool:
         rounding = options.ulps * finfo.eps * larger.steps_run * size + finfo.tiny
         larger_effect = float((with_larger - bare).abs().max())
         smaller_effect = float((with_smaller - bare).abs().max())
+        # A decay's effect shrinks with λ, here a hundredfold; one that shrinks less than
+        # tenfold does not follow λ down to 0.
         if smaller_effect > rounding and smaller_effect > 10 * larger_effect / _PROBE_RATIO:
             return True
     return False
