@@ -108,6 +108,10 @@ _SWEEP_TRAINER_SETTINGS = {
 # The longest a member's events wait in memory: a flush appends to every
 # member's file, which for ten thousand members takes a noticeable moment.
 FLUSH_SECONDS = 10.0
+# And the most waiting events may take, per member (a few hundred steps' worth),
+# between a floor and a ceiling: memory grows with the members, not the steps.
+_BUFFERED_BYTES_PER_MEMBER = 4 * 2**10
+_BUFFERED_BYTES_RANGE = (4 * 2**20, 64 * 2**20)
 _ROW_END = "\r\n"  # what csv writers end rows with
 _OUTPUTS = ("runs", "summary.csv", "curves.csv", "ridge_curve.csv", "figures", "config.yaml")
 
@@ -219,8 +223,11 @@ def run_sweep(
     # Built before the writers: a configuration it refuses leaves no runs behind.
     ensemble = WeightDecayEnsemble(modules)
     del modules  # the ensemble holds the stacked copies; the members can go
+    low, high = _BUFFERED_BYTES_RANGE
     writers = ScalarRuns(
-        [output_dir / "runs" / member.run_name for member in local], flush_seconds=FLUSH_SECONDS
+        [output_dir / "runs" / member.run_name for member in local],
+        flush_seconds=FLUSH_SECONDS,
+        max_buffered_bytes=min(max(_BUFFERED_BYTES_PER_MEMBER * len(local), low), high),
     )
     ensemble.writers = writers
     part = output_dir / ("curves.csv" if world_size == 1 else f"curves.csv.rank{rank}")

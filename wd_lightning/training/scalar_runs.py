@@ -279,16 +279,20 @@ class ScalarRuns:
         with self._flushing:
             with self._lock:
                 self._frame_events()
-                self._split_blocks()
-                batch = [(run, self._pending[run]) for run in sorted(self._dirty)]
+                # The steps of every run, written from one array: no copy per run.
+                steps = np.concatenate(self._blocks, axis=1) if self._blocks else None
+                self._blocks = []
+                runs = range(len(self)) if steps is not None else sorted(self._dirty)
+                batch = [(run, self._pending[run]) for run in runs]
                 for run, _ in batch:
                     self._pending[run] = bytearray()
                 self._dirty.clear()
                 self._pending_bytes = 0
             for run, data in batch:
-                self._append_to_file(run, data)
+                self._append_to_file(run, data, None if steps is None else steps[run])
 
-    def _append_to_file(self, run: int, data: bytes) -> None:
+    def _append_to_file(self, run: int, data: bytes, steps: np.ndarray | None = None) -> None:
+        """Append ``data``, then ``steps`` (the run's row of every-run steps), to its file."""
         path = self._paths[run]
         if path is None:
             from tensorboard.summary.writer.record_writer import RecordWriter
@@ -306,9 +310,10 @@ class ScalarRuns:
         # os-level calls: ten thousand runs are ten thousand opens per flush.
         handle = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o666)
         try:
-            view = memoryview(data)
-            while view:
-                view = view[os.write(handle, view) :]
+            for part in (data, steps):
+                view = memoryview(b"" if part is None else part)
+                while view:
+                    view = view[os.write(handle, view) :]
         finally:
             os.close(handle)
 
