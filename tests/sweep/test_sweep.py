@@ -14,7 +14,7 @@ from wd_lightning.cli import main
 from wd_lightning.core.errors import InvalidArgumentError
 from wd_lightning.sweep.ensemble import check_sweep_trainer
 from wd_lightning.sweep.plots import read_table
-from wd_lightning.sweep.run import SUMMARY_COLUMNS, sweep_members
+from wd_lightning.sweep.run import SUMMARY_COLUMNS, format_table, sweep_members
 from wd_lightning.training.tensorboard import read_scalars
 
 QUIET = ["--trainer.enable_progress_bar", "false"]
@@ -310,3 +310,24 @@ def test_a_gradient_scaler_is_refused_in_a_sweep():
     trainer = Trainer(accelerator="cpu", plugins=[scaler], logger=False)
     with pytest.raises(InvalidArgumentError, match=r"trainer\.precision"):
         check_sweep_trainer(trainer)
+
+
+def test_a_large_sweep_prints_one_line_per_weight_decay():
+    rows = [
+        {
+            "weight_decay": wd,
+            "seed": seed,
+            "status": "ok",
+            "val_loss": float(seed),
+            "weight_norm": 2.0,
+        }
+        for wd in (0.0, 3.0)
+        for seed in range(60)
+    ]
+    rows[-1] = {"weight_decay": 3.0, "seed": 59, "status": "diverged", "val_loss": float("nan")}
+    lines = format_table(rows).splitlines()
+    assert len(lines) == 4  # header, one line per λ, the note
+    assert lines[1].split()[:5] == ["0", "60", "60/60", "-", "29.5"]
+    assert lines[2].split()[:5] == ["3", "60", "59/60", "-", "29"]  # the diverged seed left out
+    assert "summary.csv" in lines[3]
+    assert len(format_table(rows[:100]).splitlines()) == 101  # small enough: every run

@@ -89,3 +89,53 @@ def test_values_of_one_step_are_merged_into_one_event(tmp_path):
     assert read_scalars(tmp_path / "a") == {"x": [(3, 5.0)], "y": [(3, 6.0)]}
     assert read_scalars(tmp_path / "b") == {"x": [(3, 2.0)]}
     assert len(_records(tmp_path / "a")) == 2  # the file version, and one event
+
+
+def _framed_records(path):
+    """Every record of an event file, each checked against TensorBoard's own checksum."""
+    import struct
+
+    from tensorboard.compat.tensorflow_stub.pywrap_tensorflow import masked_crc32c
+
+    data, records = path.read_bytes(), []
+    while data:
+        header, data = data[:12], data[12:]
+        (length,) = struct.unpack("<Q", header[:8])
+        assert struct.unpack("<I", header[8:])[0] == masked_crc32c(header[:8])
+        body, footer, data = data[:length], data[length : length + 4], data[length + 4 :]
+        assert struct.unpack("<I", footer)[0] == masked_crc32c(body)
+        records.append(body)
+    return records
+
+
+@pytest.mark.parametrize("runs_count", [3, 60], ids=["checksummed-one-by-one", "vectorised"])
+def test_other_events_are_framed_as_tensorboard_frames_them_and_keep_their_order(
+    tmp_path, runs_count
+):
+    from tensorboard.compat.proto.summary_pb2 import Summary
+
+    def summary(run):
+        # Three lengths: with 60 runs, 20 events of each (checksummed together).
+        text = "x" * (run % 3)
+        return Summary(value=[Summary.Value(tag="note", metadata=None, simple_value=run)]), text
+
+    runs = ScalarRuns([tmp_path / f"table{i}" for i in range(runs_count)])
+    values = torch.arange(runs_count * len(TAGS), dtype=torch.float32).view(runs_count, -1)
+    runs.add_table(TAGS, values, 1)
+    for run in range(runs_count):
+        proto, text = summary(run)
+        proto.value[0].tag += text
+        runs.run(run).add_summary(proto, 2)
+    runs.add_table(TAGS, values + 1, 3)
+    runs.close()
+    for run in range(runs_count):
+        writer = RunWriter(tmp_path / f"protobuf{run}")
+        writer.add_scalars(dict(zip(TAGS, values[run].tolist(), strict=True)), 1)
+        proto, text = summary(run)
+        proto.value[0].tag += text
+        writer.add_summary(proto, 2)
+        writer.add_scalars(dict(zip(TAGS, (values[run] + 1).tolist(), strict=True)), 3)
+        writer.close()
+        assert _records(tmp_path / f"table{run}") == _records(tmp_path / f"protobuf{run}")
+        (path,) = (tmp_path / f"table{run}").glob("events.out.tfevents.*")
+        assert len(_framed_records(path)) == 4  # file version, step 1, the summary, step 3

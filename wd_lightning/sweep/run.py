@@ -22,6 +22,7 @@ import copy
 import csv
 import math
 import shutil
+import statistics
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -108,6 +109,10 @@ _SWEEP_TRAINER_SETTINGS = {
 # The longest a member's events wait in memory: a flush appends to every
 # member's file, which for ten thousand members takes a noticeable moment.
 FLUSH_SECONDS = 10.0
+# And the most waiting events may take, per member (a few hundred steps' worth),
+# between a floor and a ceiling: memory grows with the members, not the steps.
+_BUFFERED_BYTES_PER_MEMBER = 4 * 2**10
+_BUFFERED_BYTES_RANGE = (4 * 2**20, 64 * 2**20)
 _ROW_END = "\r\n"  # what csv writers end rows with
 _OUTPUTS = ("runs", "summary.csv", "curves.csv", "ridge_curve.csv", "figures", "config.yaml")
 
@@ -219,8 +224,11 @@ def run_sweep(
     # Built before the writers: a configuration it refuses leaves no runs behind.
     ensemble = WeightDecayEnsemble(modules)
     del modules  # the ensemble holds the stacked copies; the members can go
+    low, high = _BUFFERED_BYTES_RANGE
     writers = ScalarRuns(
-        [output_dir / "runs" / member.run_name for member in local], flush_seconds=FLUSH_SECONDS
+        [output_dir / "runs" / member.run_name for member in local],
+        flush_seconds=FLUSH_SECONDS,
+        max_buffered_bytes=min(max(_BUFFERED_BYTES_PER_MEMBER * len(local), low), high),
     )
     ensemble.writers = writers
     part = output_dir / ("curves.csv" if world_size == 1 else f"curves.csv.rank{rank}")
@@ -679,27 +687,61 @@ def _cell(value: Any) -> Any:
     return repr(value) if isinstance(value, float) else value
 
 
-def format_table(rows: list[dict[str, Any]]) -> str:
+def format_table(rows: list[dict[str, Any]], most_rows: int = 100) -> str:
     """A fixed-width table of the summary's main columns.
+
+    A sweep of more than ``most_rows`` runs is shown one line per λ instead:
+    how many of its seeds trained, and the median of each column over them
+    (every run stays in ``summary.csv``).
 
     Example:
         >>> print(format_table([{"weight_decay": 3.0, "seed": 0, "status": "ok",
         ...     "train_loss": 1e-3, "val_loss": 0.1, "weight_norm": 0.39}]))
                λ  seed  status    train_loss   val_loss       ‖w‖      ‖w*‖   ‖w − w*‖   null ‖P⊥w‖
                3     0  ok             0.001        0.1      0.39         -          -            -
+        >>> rows = [{"weight_decay": wd, "seed": seed, "status": "ok", "val_loss": wd + seed}
+        ...         for wd in (0.0, 3.0) for seed in range(3)]
+        >>> print(format_table(rows, most_rows=4))
+               λ  seeds  ok       train_loss   val_loss       ‖w‖      ‖w*‖   ‖w − w*‖   null ‖P⊥w‖
+               0      3  3/3               -          1         -         -          -            -
+               3      3  3/3               -          4         -         -          -            -
+        medians over the seeds that trained; every run is in summary.csv
     """
-    header = (
-        f"{'λ':>8}  {'seed':>4}  {'status':<8}  {'train_loss':>10}  {'val_loss':>9}  "
-        f"{'‖w‖':>8}  {'‖w*‖':>8}  {'‖w − w*‖':>9}  {'null ‖P⊥w‖':>11}"
+    columns = (
+        ("train_loss", 10),
+        ("val_loss", 9),
+        ("weight_norm", 8),
+        ("ridge_weight_norm", 8),
+        ("distance_to_ridge", 9),
+        ("null_space_norm", 11),
     )
-    lines = [header]
+    names = f"{'train_loss':>10}  {'val_loss':>9}  {'‖w‖':>8}  {'‖w*‖':>8}  {'‖w − w*‖':>9}  "
+    names += f"{'null ‖P⊥w‖':>11}"
+
+    def cells(row: dict[str, Any]) -> str:
+        return "  ".join(f"{_fmt(row.get(column)):>{width}}" for column, width in columns)
+
+    if len(rows) <= most_rows:
+        lines = [f"{'λ':>8}  {'seed':>4}  {'status':<8}  {names}"]
+        for row in rows:
+            lines.append(
+                f"{row['weight_decay']:>8g}  {row['seed']:>4}  {row['status']:<8}  {cells(row)}"
+            )
+        return "\n".join(lines)
+    by_weight_decay: dict[float, list[dict[str, Any]]] = {}
     for row in rows:
-        lines.append(
-            f"{row['weight_decay']:>8g}  {row['seed']:>4}  {row['status']:<8}  "
-            f"{_fmt(row.get('train_loss')):>10}  {_fmt(row.get('val_loss')):>9}  "
-            f"{_fmt(row.get('weight_norm')):>8}  {_fmt(row.get('ridge_weight_norm')):>8}  "
-            f"{_fmt(row.get('distance_to_ridge')):>9}  {_fmt(row.get('null_space_norm')):>11}"
-        )
+        by_weight_decay.setdefault(row["weight_decay"], []).append(row)
+    lines = [f"{'λ':>8}  {'seeds':>5}  {'ok':<7}  {names}"]
+    for weight_decay, runs in by_weight_decay.items():
+        trained = [run for run in runs if run["status"] == "ok"]
+        medians = {
+            column: statistics.median(values) if values else None
+            for column, _ in columns
+            for values in [[r[column] for r in trained if r.get(column) is not None]]
+        }
+        ok = f"{len(trained)}/{len(runs)}"
+        lines.append(f"{weight_decay:>8g}  {len(runs):>5}  {ok:<7}  {cells(medians)}")
+    lines.append("medians over the seeds that trained; every run is in summary.csv")
     return "\n".join(lines)
 
 

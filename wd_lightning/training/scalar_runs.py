@@ -16,6 +16,11 @@ of all runs at one step are built as one byte array:
   the byte is from the end). So every run's checksum is a handful of gathers
   and XORs over a ``(runs, bytes)`` tensor.
 
+Other events (a run's HPARAMS and text summaries) are encoded by protobuf
+and framed in batches: their checksums are computed together, one byte
+position at a time across all the events of one length, rather than byte by
+byte in Python for each.
+
 The bytes written are exactly those ``RunWriter`` (the protobuf library)
 would write. Files are opened only to append and closed again, so ten
 thousand runs never hold ten thousand open files.
@@ -23,6 +28,7 @@ thousand runs never hold ten thousand open files.
 
 from __future__ import annotations
 
+import functools
 import itertools
 import os
 import socket
@@ -103,6 +109,12 @@ class ScalarRuns:
         self._step_values: dict[str, Tensor] = {}
         self._step_runs: dict[str, Tensor] = {}
         self._event = Event
+        # Serialised events given to add_event, framed together before anything
+        # else is queued or written, so that each run's records keep their order.
+        self._unframed: list[tuple[int, bytes]] = []
+        # Steps of every run, as (runs, bytes) arrays that follow what _pending holds:
+        # split into runs only when flushed, not once per run and step.
+        self._blocks: list[np.ndarray] = []
         self._closed = False
 
     def __len__(self) -> int:
@@ -152,18 +164,24 @@ class ScalarRuns:
         values = torch.stack([self._step_values[tag] for tag in tags], dim=1)
         present = torch.stack([self._step_runs[tag] for tag in tags], dim=1)
         self._step_values, self._step_runs = {}, {}
-        # Runs with the same tags share a layout (usually all of them do).
+        if bool(present.all()):  # the usual case: every run has every tag
+            self._append(self._layout(tuple(tags)).records(values, self._step, time.time()), None)
+            return
+        # Runs with the same tags share a layout.
         patterns, group = torch.unique(present, dim=0, return_inverse=True)
         for index, pattern in enumerate(patterns):
             columns = pattern.nonzero().flatten().tolist()
             if not columns:
                 continue
-            chosen = tuple(tags[c] for c in columns)
-            layout = self._layouts.get(chosen)
-            if layout is None:
-                layout = self._layouts[chosen] = _Layout(chosen)
+            layout = self._layout(tuple(tags[c] for c in columns))
             records = layout.records(values[:, columns].contiguous(), self._step, time.time())
             self._append(records, (group == index).nonzero().flatten().tolist())
+
+    def _layout(self, tags: tuple[str, ...]) -> _Layout:
+        layout = self._layouts.get(tags)
+        if layout is None:
+            layout = self._layouts[tags] = _Layout(tags)
+        return layout
 
     def run(self, index: int) -> _Run:
         """Run ``index`` as a writer of summaries (e.g. for ``log_final_hparams``)."""
@@ -171,15 +189,13 @@ class ScalarRuns:
 
     def add_event(self, run: int, event: Any) -> None:
         """Write an ``Event`` protocol buffer (e.g. HPARAMS summaries) to run ``run``."""
-        from tensorboard.summary.writer.record_writer import RecordWriter
-
+        if self._closed:
+            raise ValueError("ScalarRuns is closed")
         self._encode_step()  # after the scalars given before it
-        buffer = _Collect()
-        RecordWriter(buffer).write(event.SerializeToString())
+        data = event.SerializeToString()
         with self._lock:
-            self._pending[run] += buffer.data
-            self._pending_bytes += len(buffer.data)
-            self._dirty.add(run)
+            self._unframed.append((run, data))
+            self._pending_bytes += len(data) + 16  # its frame: length and two checksums
         self._after_write()
 
     def flush(self) -> None:
@@ -194,15 +210,49 @@ class ScalarRuns:
         self._closed = True
 
     # ------------------------------------------------------------ internals
-    def _append(self, records: _Records, keep: Sequence[int]) -> None:
+    def _append(self, records: _Records, keep: Sequence[int] | None) -> None:
+        """Queue ``records`` for the runs ``keep`` (``None``: every run)."""
         if self._closed:
             raise ValueError("ScalarRuns is closed")
         with self._lock:
-            for run in keep:
-                self._pending[run] += records.of(run)
-            self._pending_bytes += records.size * len(keep)
-            self._dirty.update(keep)
+            self._frame_events()
+            if keep is None:
+                self._blocks.append(records.array)
+                self._pending_bytes += records.array.size
+            else:
+                self._split_blocks()
+                for run in keep:
+                    self._pending[run] += records.array[run].tobytes()
+                self._pending_bytes += records.size * len(keep)
+                self._dirty.update(keep)
         self._after_write()
+
+    def _split_blocks(self) -> None:
+        """Move the waiting steps of every run into each run's queue (lock held)."""
+        if not self._blocks:
+            return
+        joined = np.concatenate(self._blocks, axis=1)
+        self._blocks = []
+        for run, row in enumerate(joined):
+            self._pending[run] += row.tobytes()
+        self._dirty.update(range(len(self)))
+
+    def _frame_events(self) -> None:
+        """Frame the events waiting since the last call, and queue them (lock held)."""
+        if not self._unframed:
+            return
+        self._split_blocks()
+        events, self._unframed = self._unframed, []
+        checksums = _masked_crc32c_many([data for _, data in events])
+        for (run, data), checksum in zip(events, checksums.tolist(), strict=True):
+            length = struct.pack("<Q", len(data))
+            self._pending[run] += (
+                length
+                + struct.pack("<I", _masked_length_crc(len(data)))
+                + data
+                + struct.pack("<I", checksum)
+            )
+            self._dirty.add(run)
 
     def _after_write(self) -> None:
         if self._pending_bytes >= self.max_buffered_bytes:
@@ -228,15 +278,21 @@ class ScalarRuns:
         # the hand-over, not for the files.
         with self._flushing:
             with self._lock:
-                batch = [(run, self._pending[run]) for run in sorted(self._dirty)]
+                self._frame_events()
+                # The steps of every run, written from one array: no copy per run.
+                steps = np.concatenate(self._blocks, axis=1) if self._blocks else None
+                self._blocks = []
+                runs = range(len(self)) if steps is not None else sorted(self._dirty)
+                batch = [(run, self._pending[run]) for run in runs]
                 for run, _ in batch:
                     self._pending[run] = bytearray()
                 self._dirty.clear()
                 self._pending_bytes = 0
             for run, data in batch:
-                self._append_to_file(run, data)
+                self._append_to_file(run, data, None if steps is None else steps[run])
 
-    def _append_to_file(self, run: int, data: bytes) -> None:
+    def _append_to_file(self, run: int, data: bytes, steps: np.ndarray | None = None) -> None:
+        """Append ``data``, then ``steps`` (the run's row of every-run steps), to its file."""
         path = self._paths[run]
         if path is None:
             from tensorboard.summary.writer.record_writer import RecordWriter
@@ -254,9 +310,10 @@ class ScalarRuns:
         # os-level calls: ten thousand runs are ten thousand opens per flush.
         handle = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o666)
         try:
-            view = memoryview(data)
-            while view:
-                view = view[os.write(handle, view) :]
+            for part in (data, steps):
+                view = memoryview(b"" if part is None else part)
+                while view:
+                    view = view[os.write(handle, view) :]
         finally:
             os.close(handle)
 
@@ -286,13 +343,10 @@ class _Collect:
 
 
 class _Records:
-    """One step's records of every run, as one byte string, ``size`` bytes each."""
+    """One step's records of every run: row ``i`` of ``array`` is run ``i``'s, ``size`` bytes."""
 
-    def __init__(self, data: bytes, size: int) -> None:
-        self.data, self.size = data, size
-
-    def of(self, run: int) -> bytes:
-        return self.data[run * self.size : (run + 1) * self.size]
+    def __init__(self, array: np.ndarray) -> None:
+        self.array, self.size = array, array.shape[1]
 
 
 class _Layout:
@@ -334,7 +388,7 @@ class _Layout:
         out[:] = np.frombuffer(record, dtype=np.uint8)
         out[:, len(header) + len(head) + self.value_columns] = value_bytes
         out[:, -4:] = masked.astype("<u4").view(np.uint8).reshape(runs, 4)
-        return _Records(out.tobytes(), len(record))
+        return _Records(out)
 
 
 def _zero_extension_tables(distances: list[int]) -> np.ndarray:
@@ -372,6 +426,44 @@ def _crc32c(data: bytes) -> int:
 
 def _masked(crc: int) -> int:
     return (((crc >> 15) | (crc << 17)) + _CRC_MASK_DELTA) & 0xFFFFFFFF
+
+
+@functools.lru_cache(maxsize=1024)
+def _masked_length_crc(length: int) -> int:
+    """The masked checksum of a record's 8-byte length (records of one length share it)."""
+    return _masked(_crc32c(struct.pack("<Q", length)))
+
+
+# Fewer messages of one length than this are checksummed one by one in Python:
+# the vectorised pass costs one numpy operation per byte position.
+_FEWEST_VECTORISED = 16
+
+
+def _masked_crc32c_many(messages: Sequence[bytes]) -> np.ndarray:
+    """The masked CRC-32C of each message, as TFRecord frames them.
+
+    Messages of one length are checksummed together: their bytes form a
+    ``(messages, length)`` array, and the CRC register of every message
+    advances one column at a time.
+    """
+    result = np.empty(len(messages), dtype=np.uint64)
+    by_length: dict[int, list[int]] = {}
+    for index, message in enumerate(messages):
+        by_length.setdefault(len(message), []).append(index)
+    table = np.array(_CRC_TABLE, dtype=np.uint64)
+    for length, indices in by_length.items():
+        if len(indices) < _FEWEST_VECTORISED:
+            for index in indices:
+                result[index] = _masked(_crc32c(messages[index]))
+            continue
+        data = np.frombuffer(b"".join(messages[i] for i in indices), dtype=np.uint8)
+        columns = data.reshape(len(indices), length).T.astype(np.uint64)
+        crc = np.full(len(indices), 0xFFFFFFFF, dtype=np.uint64)
+        for column in columns:
+            crc = table[(crc ^ column) & 0xFF] ^ (crc >> 8)
+        crc ^= 0xFFFFFFFF
+        result[indices] = (((crc >> 15) | (crc << 17)) + _CRC_MASK_DELTA) & 0xFFFFFFFF
+    return result
 
 
 def _varint(value: int) -> bytes:
