@@ -46,7 +46,6 @@ def test_forward_is_every_members_forward():
         torch.testing.assert_close(outputs[index], member(inputs))
 
 
-
 @pytest.mark.parametrize("shape", [(5, 200), (2, 3, 200)], ids=["batch", "batch-and-time"])
 def test_a_linear_members_outputs_and_gradients_do_not_depend_on_who_shares_the_ensemble(shape):
     # What makes a sweep split over processes equal the one-process sweep, bit for bit.
@@ -67,6 +66,7 @@ def test_a_linear_members_outputs_and_gradients_do_not_depend_on_who_shares_the_
             assert torch.equal(gradient, whole[part])
     # And each equals its own model, up to float32 rounding.
     torch.testing.assert_close(everyone[0], torch.stack([m.model(inputs) for m in members]))
+
 
 @pytest.mark.parametrize("name", list(OPTIMIZERS))
 @pytest.mark.parametrize("penalty", ["optimizer", "loss"])
