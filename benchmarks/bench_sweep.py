@@ -50,6 +50,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -166,6 +167,9 @@ def timed_sweep(members: int, config: str, output_dir: str) -> dict[str, float]:
         original = getattr(owner, name)
 
         def timed(*args, **kwargs):
+            if threading.current_thread() is not threading.main_thread():
+                # A timer thread's flush overlaps the training: it is counted there.
+                return original(*args, **kwargs)
             start = time.perf_counter()
             try:
                 return original(*args, **kwargs)
@@ -186,18 +190,20 @@ def timed_sweep(members: int, config: str, output_dir: str) -> dict[str, float]:
 
     def timed_fit(self, *args, **kwargs):
         start = time.perf_counter()
+        # Events and curves written during training count as themselves, not as training
+        # (events written after it, the HParams summaries and the last flush, count too).
+        written = spent["events"] + spent["curves"]
         try:
             return fit(self, *args, **kwargs)
         finally:
-            spent["training"] += time.perf_counter() - start
+            during = spent["events"] + spent["curves"] - written
+            spent["training"] += time.perf_counter() - start - during
 
     Trainer.fit = timed_fit
     start = time.perf_counter()
     with contextlib.redirect_stdout(io.StringIO()):
         main(_sweep_args(members, config, output_dir))
     spent["sweep"] = time.perf_counter() - start
-    # Events and curves are written during training: count them once, as themselves.
-    spent["training"] -= spent["events"] + spent["curves"]
     spent["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     spent["parameters_mb"] = _parameter_bytes(config) * members / 2**20
     return spent
@@ -229,13 +235,15 @@ def scaling(configs: list[str], repeats: int, sizes: dict[str, list[int]]) -> No
     print(f"Baseline: `fit --config configs/d2l_weight_decay.yaml`, median {fit:.2f} s "
           f"({repeats} fresh processes, interleaved with the sweeps).\n")  # fmt: skip
     header = "| config | members | wall (median) | vs one fit | peak RSS | members' parameters | "
-    header += " | ".join(PHASES) + " |"
+    header += " | ".join(PHASES) + " | rest |"
     print(header)
-    print("|---" * (6 + len(PHASES)) + "|")
+    print("|---" * (7 + len(PHASES)) + "|")
     for (config, members), samples in results.items():
         median = {key: statistics.median(s[key] for s in samples) for key in samples[0]}
         parameters = median["parameters_mb"]
         phases = " | ".join(f"{median[phase]:.2f} s" for phase in PHASES)
+        # What no phase covers: process start and exit, HParams summaries, the trainer.
+        phases += f" | {median['wall'] - sum(median[phase] for phase in PHASES):.2f} s"
         print(
             f"| {config} | {members:,} | {median['wall']:.2f} s | {median['wall'] / fit:.2f}× | "
             f"{median['peak_rss_mb']:.0f} MB | {parameters:.2f} MB | {phases} |"
