@@ -165,3 +165,62 @@ def test_a_learning_rate_search_is_recognised_while_it_runs(tmp_path):
     seen.clear()
     trainer.fit(module, data)
     assert seen and not any(seen)
+
+
+# ----------------------------------------------------------------- torchmetrics
+def test_metric_state_defaults_are_the_reset_values_by_state_name():
+    import torch
+    from torchmetrics import MeanSquaredError
+    from torchmetrics.regression import SpearmanCorrCoef
+
+    metric = MeanSquaredError()
+    metric.update(torch.tensor([1.0, 2.0]), torch.tensor([0.0, 0.0]))
+    defaults = compat.MetricInternals.state_defaults(metric)
+    assert set(defaults) == {"sum_squared_error", "total"}
+    metric.reset()
+    for name, value in defaults.items():
+        assert torch.equal(getattr(metric, name), value)
+    assert all(isinstance(v, list) for v in compat.MetricInternals.state_defaults(
+        SpearmanCorrCoef()).values())  # fmt: skip
+
+
+def test_a_metrics_class_update_and_compute_are_its_maths_without_bookkeeping():
+    import torch
+    from torchmetrics import MeanSquaredError
+
+    metric = MeanSquaredError()
+    compat.MetricInternals.raw_update(metric)(metric, torch.tensor([3.0]), torch.tensor([1.0]))
+    assert metric._update_count == 0  # the wrapped update counts; the class's does not
+    assert compat.MetricInternals.raw_compute(metric)(metric) == 4.0
+    assert metric._computed is None  # nor does it cache
+
+
+def test_the_update_count_is_what_compute_checks_before_warning():
+    import torch
+    from torchmetrics import MeanSquaredError
+
+    metric = MeanSquaredError()
+    compat.MetricInternals.raw_update(metric)(metric, torch.tensor([3.0]), torch.tensor([1.0]))
+    with pytest.warns(UserWarning, match="called before the ``update``"):
+        metric.compute()
+    metric.reset()
+    compat.MetricInternals.raw_update(metric)(metric, torch.tensor([3.0]), torch.tensor([1.0]))
+    compat.MetricInternals.set_update_count(metric, 1)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert metric.compute() == 4.0
+
+
+def test_a_metric_that_never_synchronises_computes_from_its_own_states(monkeypatch):
+    import torch
+    from torchmetrics import MeanSquaredError
+
+    metric = MeanSquaredError()
+    metric.update(torch.tensor([3.0]), torch.tensor([1.0]))
+    compat.MetricInternals.never_synchronise(metric)
+    synced = []
+    monkeypatch.setattr(metric, "sync", lambda *args, **kwargs: synced.append(kwargs))
+    # As if in a process group of several processes: compute would synchronise.
+    monkeypatch.setattr("torchmetrics.metric.jit_distributed_available", lambda: True)
+    assert metric.compute() == 4.0
+    assert all(not call.get("should_sync", True) for call in synced)

@@ -28,6 +28,8 @@ import torch
 from torch import Tensor, nn
 from torchmetrics import Metric, MetricCollection
 
+from wd_lightning.training.compat import MetricInternals
+
 __all__ = ["MemberMetrics"]
 
 # What vmap raises for an operation it cannot batch (a value read, a dynamic shape).
@@ -103,13 +105,14 @@ class _StackedMetric(nn.Module):
         scratch = copy.deepcopy(template)
         scratch.reset()
         object.__setattr__(self, "_scratch", scratch)
-        self.state_names = list(template._defaults)
+        defaults = MetricInternals.state_defaults(template)
+        self.state_names = list(defaults)
         # None while the states are stacked; else one metric per member, in a plain
         # list rather than as submodules: Lightning's train()/eval() would walk every
         # copy at every validation.
         self.member_copies: list[Metric] | None = None
         self.updates = 0  # since the last reset
-        if not all(isinstance(template._defaults[n], Tensor) for n in self.state_names):
+        if not all(isinstance(default, Tensor) for default in defaults.values()):
             self._to_member_copies(stacked=(), accumulated=0)  # list states have no shape to stack
         else:
             for index, name in enumerate(self.state_names):
@@ -120,7 +123,7 @@ class _StackedMetric(nn.Module):
 
     # ------------------------------------------------------------- states
     def _stacked_default(self, name: str, device: torch.device | None = None) -> Tensor:
-        default = self._scratch._defaults[name].to(device)
+        default = MetricInternals.state_defaults(self._scratch)[name].to(device)
         return default.unsqueeze(0).expand(self.members, *default.shape).clone()
 
     def _states(self) -> tuple[Tensor, ...]:
@@ -152,7 +155,7 @@ class _StackedMetric(nn.Module):
     def _vmapped_update(self, predictions: Tensor, targets: Tensor) -> tuple[Tensor, ...]:
         scratch = self._scratch
         scratch.to(predictions.device)
-        raw_update = type(scratch).update  # the instance's is wrapped with bookkeeping
+        raw_update = MetricInternals.raw_update(scratch)
 
         def update_one(states: tuple[Tensor, ...], prediction: Tensor) -> tuple[Tensor, ...]:
             self._load_scratch(states)
@@ -180,7 +183,7 @@ class _StackedMetric(nn.Module):
 
     def _vmapped_compute(self) -> Tensor | dict[str, Tensor]:
         scratch = self._scratch
-        raw_compute = type(scratch).compute
+        raw_compute = MetricInternals.raw_compute(scratch)
 
         def compute_one(states: tuple[Tensor, ...]) -> Tensor | dict[str, Tensor]:
             self._load_scratch(states)
@@ -232,14 +235,13 @@ class _StackedMetric(nn.Module):
             metric = copy.deepcopy(self._scratch)
             metric.reset()
             # Each process holds its own members: there is nothing to reduce across them.
-            metric.sync_on_compute = False
-            metric._to_sync = False
+            MetricInternals.never_synchronise(metric)
             if device is not None:
                 metric.to(device)
             if stacked:  # else the copies start fresh
                 for name, state in zip(self.state_names, stacked, strict=True):
                     setattr(metric, name, state[member].clone())
-            metric._update_count = accumulated
+            MetricInternals.set_update_count(metric, accumulated)
             copies.append(metric)
         self.member_copies = copies
 

@@ -1,9 +1,10 @@
-"""Every use of a private Lightning or jsonargparse API, in one place.
+"""Every use of a private Lightning, torchmetrics or jsonargparse API, in one place.
 
 The package uses public API wherever Lightning offers one. What remains is
 gathered here, each item with the assumption it rests on; each assumption
 has its own test in ``tests/training/test_compat.py``, so an upgrade that
-breaks one fails a test named after it instead of the CLI at import time.
+breaks one fails a test named after it instead of the CLI at import time (or
+a sweep's metrics at its first validation).
 Nothing here is public API of this package.
 """
 
@@ -18,6 +19,7 @@ from lightning.pytorch.cli import LightningCLI
 
 __all__ = [
     "CLI_SUBCOMMAND_HOOKS",
+    "MetricInternals",
     "add_cli_subcommand",
     "batches_that_stepped",
     "build_cli_arguments",
@@ -144,3 +146,46 @@ def subcommand_choices(parser: Any) -> list[Any]:
 def subcommand_parser(cli: LightningCLI, name: str) -> Any:
     """The parser of subcommand ``name``. Assumption: ``LightningCLI._parser(name)``."""
     return cli._parser(name)
+
+
+class MetricInternals:
+    """What a sweep needs of a torchmetrics ``Metric`` beyond its public API.
+
+    To run one metric's maths for many members at once, the sweep holds each
+    state with a member dimension and calls the metric's own update and
+    compute on it. Assumptions:
+
+    * ``Metric._defaults`` maps each state's name (``add_state``) to its reset value;
+    * the class's ``update`` and ``compute`` are the metric's maths alone: an
+      instance's are those wrapped by ``Metric.__init__`` with bookkeeping
+      (update counts, caching, synchronisation);
+    * ``Metric._update_count`` counts the updates since the last reset;
+    * ``compute`` synchronises across processes only while ``_to_sync`` is true
+      (``sync_on_compute`` sets it at construction).
+    """
+
+    @staticmethod
+    def state_defaults(metric: Any) -> dict[str, Any]:
+        """Each state's name and reset value (a tensor, or a list for concatenated states)."""
+        return dict(metric._defaults)
+
+    @staticmethod
+    def raw_update(metric: Any) -> Callable[..., None]:
+        """``update`` without torchmetrics' bookkeeping: ``raw_update(metric)(metric, *inputs)``."""
+        return type(metric).update
+
+    @staticmethod
+    def raw_compute(metric: Any) -> Callable[..., Any]:
+        """``compute`` without caching or synchronisation: ``raw_compute(metric)(metric)``."""
+        return type(metric).compute
+
+    @staticmethod
+    def set_update_count(metric: Any, count: int) -> None:
+        """Record that ``metric``'s states hold ``count`` updates."""
+        metric._update_count = count
+
+    @staticmethod
+    def never_synchronise(metric: Any) -> None:
+        """Make ``compute`` use this process's states alone."""
+        metric.sync_on_compute = False
+        metric._to_sync = False
