@@ -290,8 +290,6 @@ def test_first_parameter_always_gives_the_decay_something_to_show(scenario: Scen
     assert bool((anchor.init.abs() >= 0.5).all())
     assert all(grad is not None and bool((grad != 0).all()) for grad in anchor.grads)
     assert scenario.groups[0].weight_decay > 0
-    # Below 1 at every step: at lr = 1 a decay that forgets the lr would look right.
-    assert all(scenario.lr_at(0, step) <= 0.75 for step in range(len(scenario.lr_multipliers)))
 
 
 # --- shapes, dtypes, group flags, closures -------------------------------------------------------
