@@ -175,9 +175,8 @@ class WeightDecayEnsemble(LightningModule):
         }
         # Each member's metric state, stacked; registered, so it follows the device.
         self.member_metrics = MemberMetrics(template.val_metrics, self.num_members)
-        # Per decayed group with a closed form: one factor per member (configure_optimizers);
-        # members with the same rule share one, held with the member → factor index.
-        self.init_remaining: dict[str, list[InitialWeightFactor]] = {}
+        # Per decayed group with a closed form (configure_optimizers): the distinct
+        # factors, one per rule, and each member's index into them.
         self._distinct_factors: dict[str, tuple[list[InitialWeightFactor], Tensor]] = {}
         self.register_buffer("alive", torch.ones(self.num_members, dtype=torch.bool))
         self.register_buffer("diverged_at", torch.full((self.num_members,), -1))
@@ -296,7 +295,7 @@ class WeightDecayEnsemble(LightningModule):
             )
         # Coupled: λ·w joins the gradient (the optimizer's coupled decay, or the loss's penalty).
         self._coupled = template.penalty == "loss" or not is_decoupled(optimizer)
-        self.init_remaining, self._distinct_factors = self._initial_weight_factors(optimizer)
+        self._distinct_factors = self._initial_weight_factors(optimizer)
         if template.lr_scheduler_factory is None:
             return optimizer
         scheduler = template.lr_scheduler_factory(optimizer)
@@ -331,15 +330,13 @@ class WeightDecayEnsemble(LightningModule):
 
     def _initial_weight_factors(
         self, optimizer: Optimizer
-    ) -> tuple[dict[str, list[InitialWeightFactor]], dict[str, tuple[list, Tensor]]]:
-        """A factor per member for each decayed group whose decay has a closed form.
+    ) -> dict[str, tuple[list[InitialWeightFactor], Tensor]]:
+        """Per decayed group whose decay has a closed form: its factors and each member's index.
 
         Members with the same rule (the same λ) share one factor, which then
         steps once for all of them: a sweep has far fewer λ than members.
-        Also returned: per group, the distinct factors and each member's index
-        into them.
         """
-        factors, distinct = {}, {}
+        distinct = {}
         for group in optimizer.param_groups:
             names = self.groups.get(group["name"], [])
             decays = [self.decay_factors[n] for n in names if n in self.decay_factors]
@@ -357,9 +354,19 @@ class WeightDecayEnsemble(LightningModule):
                 shared: dict[GroupDecay, int] = {}
                 index = [shared.setdefault(rule, len(shared)) for rule in rules]
                 unique = [InitialWeightFactor(rule) for rule in shared]
-                factors[group["name"]] = [unique[i] for i in index]
                 distinct[group["name"]] = (unique, torch.tensor(index))
-        return factors, distinct
+        return distinct
+
+    @property
+    def init_remaining(self) -> dict[str, list[InitialWeightFactor]]:
+        """Per decayed group with a closed form, each member's initial-weight factor.
+
+        Members with the same rule hold the same factor object.
+        """
+        return {
+            name: [factors[i] for i in index.tolist()]
+            for name, (factors, index) in self._distinct_factors.items()
+        }
 
     def _init_remaining_values(self) -> dict[str, Tensor]:
         device = self.alive.device

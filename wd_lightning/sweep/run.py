@@ -511,14 +511,13 @@ def _final_metrics(ensemble: WeightDecayEnsemble) -> dict[str, torch.Tensor]:
 
 def _timescales(ensemble: WeightDecayEnsemble, trainer: Trainer) -> list[dict[str, Any]]:
     """τ at the last learning rate and the factor left of the initial weights, per member."""
-    group_name = (
-        "decay" if "decay" in ensemble.init_remaining else next(iter(ensemble.init_remaining), None)
-    )
+    remaining = ensemble.init_remaining
+    group_name = "decay" if "decay" in remaining else next(iter(remaining), None)
     if group_name is None:
         return [{} for _ in range(ensemble.num_members)]
     group = next(g for g in trainer.optimizers[0].param_groups if g["name"] == group_name)
     cells = []
-    for factor in ensemble.init_remaining[group_name]:
+    for factor in remaining[group_name]:
         weight_decay = factor.decay.weight_decay
         cells.append(
             {

@@ -227,12 +227,19 @@ class ScalarRuns:
                 self._dirty.update(keep)
         self._after_write()
 
-    def _split_blocks(self) -> None:
-        """Move the waiting steps of every run into each run's queue (lock held)."""
+    def _take_blocks(self) -> np.ndarray | None:
+        """The waiting steps of every run, one ``(runs, bytes)`` array or ``None`` (lock held)."""
         if not self._blocks:
-            return
+            return None
         joined = np.concatenate(self._blocks, axis=1)
         self._blocks = []
+        return joined
+
+    def _split_blocks(self) -> None:
+        """Move the waiting steps of every run into each run's queue (lock held)."""
+        joined = self._take_blocks()
+        if joined is None:
+            return
         for run, row in enumerate(joined):
             self._pending[run] += row.tobytes()
         self._dirty.update(range(len(self)))
@@ -280,8 +287,7 @@ class ScalarRuns:
             with self._lock:
                 self._frame_events()
                 # The steps of every run, written from one array: no copy per run.
-                steps = np.concatenate(self._blocks, axis=1) if self._blocks else None
-                self._blocks = []
+                steps = self._take_blocks()
                 runs = range(len(self)) if steps is not None else sorted(self._dirty)
                 batch = [(run, self._pending[run]) for run in runs]
                 for run, _ in batch:
